@@ -1,0 +1,37 @@
+# Two entry points matter: `make run` (the whole job on the embedded synthetic data) and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+UV := .venv/bin/uv
+# Telemetry off everywhere (DESIGN.md, "Local defaults").
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test bench lock clean
+
+.venv/installed: pyproject.toml requirements.lock
+	test -x $(PY) || python3.11 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
+	# uv resolves against the lock as constraints, so a fresh machine gets the same versions.
+	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test]'
+	touch $@
+
+install: .venv/installed
+
+run: install
+	.venv/bin/mmguard run
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) -m pytest tests/bench -s -p no:cacheprovider --timeout=3600
+
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+
+clean:
+	rm -rf artifacts mlflow.db mlruns mlartifacts airflow_home

@@ -1,0 +1,1 @@
+"""mmguard: train, check, register and monitor multimodal content-moderation classifiers."""

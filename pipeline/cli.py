@@ -1,0 +1,98 @@
+"""The `mmguard` command: one subcommand per stage and per operation. Parse, call, print."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+import typer
+
+from pipeline.errors import StageFailed
+from pipeline.params import ParamsError, load_params
+from pipeline.paths import Paths
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, check, register and monitor multimodal moderation classifiers.")
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read")
+ROOT_OPTION = typer.Option(Path("."), "--root", help="project root holding data/ and artifacts/")
+
+
+def _print(result: object) -> None:
+    if result is not None:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _load(params_path: Path):
+    try:
+        return load_params(params_path)
+    except ParamsError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run_stage(stage: str, params_path: Path, root: Path) -> None:
+    params = _load(params_path)
+    module = importlib.import_module(f"pipeline.stages.{stage}")
+    try:
+        result = module.run(params, Paths(root))
+    except StageFailed as exc:
+        typer.secho(f"{stage} failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    _print(result)
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    def command(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+        _run_stage(stage, params, root)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+for _stage, _doc in (
+    ("ingest", "Normalise data/ into the canonical manifest, image store and quarantine."),
+    ("dedupe", "Drop exact and near duplicates, quarantine conflicting labels, stop split leaks."),
+    ("validate", "Run the Great Expectations suite over the manifest and its images."),
+    ("shard", "Write WebDataset tar shards per split (per class for train)."),
+    ("train", "Train the CLIP + LoRA + fusion-head model and track it in MLflow."),
+    ("evaluate", "Score the model on the test split; metrics, predictions and plots."),
+    ("checks", "Check the predictions; fail on any error-level check."),
+    ("drift", "Write the Evidently drift report of current against reference data."),
+):
+    _stage_command(_stage, _doc)
+
+
+@app.command()
+def fetch(source: str = typer.Option(..., "--source", help="synthetic, hateful_memes, mmhs150k, "
+                                     "fakeddit or coco"),
+          params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Land a source's raw files under data/<source>/ (then `dvc add data`)."""
+    from pipeline.sources import get_source
+
+    loaded = _load(params)
+    try:
+        module = get_source(source)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    dest = Paths(root).source_dir(source)
+    module.fetch(dest, loaded)
+    typer.echo(f"fetched {source} into {dest}")
+
+
+@app.command()
+def run(params: Path = PARAMS_OPTION) -> None:
+    """The main job: fetch the embedded data if absent, `dvc repro`, print a summary."""
+    from pipeline import workflow
+
+    code = workflow.run_all(_load(params))
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,239 @@
+"""Typed view of params.yaml: the single source of configuration.
+
+Every stage reads its section through `load_params()`. Unknown keys and bad values stop the run
+with a message that names the key and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Task = Literal["hateful_memes", "moderation7"]
+Split = Literal["train", "val", "test"]
+SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitFractions(Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:.4f}")
+        return self
+
+
+class SyntheticParams(Section):
+    """The embedded default dataset; see pipeline/sources/synthetic.py for how labels arise."""
+
+    seed: int = 0
+    items_per_task: int = Field(900, ge=60)
+    image_min_side: int = Field(96, ge=32)
+    image_max_side: int = Field(224, ge=32)
+    label_noise: float = Field(0.0, ge=0, le=0.5)
+    # Share of hateful_memes items that are plain benign (neither modality hateful); 0 keeps an
+    # ideal unimodal model at about 0.75 AUROC.
+    benign_fraction: float = Field(0.0, ge=0, le=0.5)
+    splits: SplitFractions = SplitFractions()
+    plant_exact_duplicates: int = Field(4, ge=0)
+    plant_near_duplicates: int = Field(4, ge=0)
+    plant_broken: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _sides(self) -> "SyntheticParams":
+        if self.image_min_side > self.image_max_side:
+            raise ValueError("image_min_side must not exceed image_max_side")
+        return self
+
+
+class HatefulMemesSourceParams(Section):
+    hf_dataset: str = "neuralcatcher/hateful_memes"
+    # Google Drive file id of the image archive (img/ folder). Null: images come from the HF copy.
+    gdrive_archive_id: str | None = None
+    local_dir: str | None = None  # an MMF-layout folder to copy instead of downloading
+
+
+class LocalSourceParams(Section):
+    local_dir: str | None = None
+    url: str | None = None
+
+
+class FetchParams(Section):
+    hateful_memes: HatefulMemesSourceParams = HatefulMemesSourceParams()
+    mmhs150k: LocalSourceParams = LocalSourceParams()
+    fakeddit: LocalSourceParams = LocalSourceParams()
+    coco: LocalSourceParams = LocalSourceParams()
+
+
+class IngestParams(Section):
+    sources: tuple[SourceName, ...] = ("synthetic",)
+    max_text_chars: int = Field(1000, ge=16)
+    max_image_pixels: int = Field(40_000_000, ge=1024)  # decompression-bomb guard
+    min_image_side: int = Field(16, ge=1)
+    # Sources without splits are split by a hash of the id with these fractions.
+    splits: SplitFractions = SplitFractions()
+
+
+class DedupeParams(Section):
+    near_hamming_threshold: int = Field(6, ge=0, le=64)  # on a 64-bit perceptual hash
+    # When duplicates span splits, the copy in the first split listed here is kept.
+    split_priority: tuple[Split, Split, Split] = ("test", "val", "train")
+
+
+class ValidateParams(Section):
+    min_rows_per_split: int = Field(10, ge=1)
+    max_text_chars: int = Field(1000, ge=16)
+    min_image_side: int = Field(16, ge=1)
+    max_image_side: int = Field(10_000, ge=16)
+    # A class may hold at most this share of a split before the (warning-level) check flags it.
+    max_class_share: float = Field(0.95, gt=0, le=1)
+
+
+class ShardParams(Section):
+    train_samples_per_shard: int = Field(10_000, ge=1)
+    eval_samples_per_shard: int = Field(1_000, ge=1)
+    image_short_side: int = Field(256, ge=16)
+    jpeg_quality: int = Field(90, ge=50, le=100)
+
+
+class LoraParams(Section):
+    enabled: bool = True
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class HeadParams(Section):
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    width: int = Field(256, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class ModelParams(Section):
+    name: str = "tiny"  # an open_clip model name, or `tiny` (pipeline/model/configs/tiny.json)
+    pretrained: str | None = None  # an open_clip pretrained tag, a local weights path, or null
+    fusion: Literal["transformer", "concat_mlp"] = "transformer"
+    modality: Literal["both", "text", "image"] = "both"
+    finetune: Literal["lora", "full", "frozen"] = "lora"
+    lora: LoraParams = LoraParams()
+    head: HeadParams = HeadParams()
+
+
+class TrainParams(Section):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip_norm: float = Field(1.0, ge=0)  # 0 turns clipping off
+    grad_accum_steps: int = Field(1, ge=1)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA, off on CPU
+    grad_checkpointing: bool = False
+    train_num_samples: int | None = Field(None, ge=1)  # one epoch; null: the train split's size
+    upsampling: dict[str, float] = Field(default_factory=dict)  # class name -> factor
+    shuffle_buffer: int = Field(1000, ge=0)
+    num_workers: int = Field(0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+    contrastive_weight: float = Field(1.0, ge=0)
+    checkpoint_every: int = Field(1, ge=1)
+    early_stopping_patience: int = Field(4, ge=0)  # 0 turns early stopping off
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class EvaluateParams(Section):
+    # Binary task: the decision threshold is chosen on validation by this rule, never on test.
+    threshold_rule: Literal["youden", "f1", "fixed"] = "youden"
+    fixed_threshold: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(128, ge=1)
+
+
+class ChecksParams(Section):
+    min_class_share: float = Field(0.0, ge=0, le=1)
+    max_class_share: float = Field(0.95, ge=0, le=1)
+
+
+class DriftParams(Section):
+    reference_split: Split = "train"
+    current_split: Split = "test"
+    drift_share: float = Field(0.5, gt=0, le=1)  # dataset drift when this share of columns drift
+
+
+class GateParams(Section):
+    min_auroc: float = Field(0.5, ge=0, le=1)
+    min_top1: float = Field(0.5, ge=0, le=1)
+    min_top2: float = Field(0.7, ge=0, le=1)
+    regression_tolerance: float = Field(0.01, ge=0, le=1)
+
+
+class RegistryParams(Section):
+    tracking_uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    experiment: str = "mmguard"
+    model_name: str = "mmguard-{task}"
+    gate: GateParams = GateParams()
+
+
+class Params(Section):
+    task: Task = "hateful_memes"
+    synthetic: SyntheticParams = SyntheticParams()
+    fetch: FetchParams = FetchParams()
+    ingest: IngestParams = IngestParams()
+    dedupe: DedupeParams = DedupeParams()
+    # `validate` would shadow a pydantic method, hence the alias.
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    shard: ShardParams = ShardParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    checks: ChecksParams = ChecksParams()
+    drift: DriftParams = DriftParams()
+    registry: RegistryParams = RegistryParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              protected_namespaces=())
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names each bad key."""
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]).replace("validate_", "validate")
+    message = error["msg"]
+    if error.get("type") == "extra_forbidden":
+        message = "unknown key"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) or error.get("type") == "missing" else f" (got {got!r})"
+    return f"  {key}: {message}{shown}"
+
+
+def parse_params(raw: dict | None) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ParamsError("invalid params.yaml:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections")
+    return parse_params(raw)
