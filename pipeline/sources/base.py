@@ -29,7 +29,8 @@ class RawRecord:
     text: str | bytes | None  # bytes when the source's text is not valid UTF-8
     raw_label: Any           # the label as the source gives it; pipeline/taxonomy.py maps it
     task: str                # the task whose taxonomy the label belongs to
-    problem: str | None = None  # set by the reader when the record could not be parsed
+    # Set by the reader when the record could not be parsed: "<reason_code>: <detail>".
+    problem: str | None = None
 
 
 def canonical_split(name: str) -> str | None:
