@@ -77,7 +77,11 @@ def fetch(source: str = typer.Option(..., "--source", help="synthetic, hateful_m
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
     dest = Paths(root).source_dir(source)
-    module.fetch(dest, loaded)
+    try:
+        module.fetch(dest, loaded)
+    except (StageFailed, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"fetch {source} failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"fetched {source} into {dest}")
 
 
