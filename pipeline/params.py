@@ -37,7 +37,7 @@ class SyntheticParams(Section):
     """The embedded default dataset; see pipeline/sources/synthetic.py for how labels arise."""
 
     seed: int = 0
-    items_per_task: int = Field(900, ge=60)
+    items_per_task: int = Field(900, ge=60)  # clean items; planted defects come on top
     image_min_side: int = Field(96, ge=32)
     image_max_side: int = Field(224, ge=32)
     label_noise: float = Field(0.0, ge=0, le=0.5)
@@ -45,6 +45,8 @@ class SyntheticParams(Section):
     # ideal unimodal model at about 0.75 AUROC.
     benign_fraction: float = Field(0.0, ge=0, le=0.5)
     splits: SplitFractions = SplitFractions()
+    # Defects planted on purpose, listed in data/synthetic/<task>/planted.json (broken files
+    # cycle: truncated PNG, zero-byte file, text named .png, line pointing at no file).
     plant_exact_duplicates: int = Field(4, ge=0)
     plant_near_duplicates: int = Field(4, ge=0)
     plant_broken: int = Field(4, ge=0)
@@ -68,11 +70,25 @@ class LocalSourceParams(Section):
     url: str | None = None
 
 
+COCO_2017_URLS = (
+    "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+    # 5k images (~1 GB); add http://images.cocodataset.org/zips/train2017.zip (~18 GB) for 118k.
+    "http://images.cocodataset.org/zips/val2017.zip",
+)
+
+
+class CocoSourceParams(Section):
+    local_dir: str | None = None  # a folder with annotations/ and train2017/ or val2017/
+    urls: tuple[str, ...] = COCO_2017_URLS  # zips extracted into data/coco/ when no local_dir
+
+
 class FetchParams(Section):
     hateful_memes: HatefulMemesSourceParams = HatefulMemesSourceParams()
     mmhs150k: LocalSourceParams = LocalSourceParams()
     fakeddit: LocalSourceParams = LocalSourceParams()
-    coco: LocalSourceParams = LocalSourceParams()
+    coco: CocoSourceParams = CocoSourceParams()
+    # Archives expanding past this are refused (zip bombs); null turns the cap off.
+    max_extracted_bytes: int | None = Field(100 * 2**30, ge=1)
 
 
 class IngestParams(Section):
@@ -82,6 +98,8 @@ class IngestParams(Section):
     min_image_side: int = Field(16, ge=1)
     # Sources without splits are split by a hash of the id with these fractions.
     splits: SplitFractions = SplitFractions()
+    # Processes for image checks and conversion; 0: one per available CPU core.
+    workers: int = Field(0, ge=0)
 
 
 class DedupeParams(Section):
@@ -104,10 +122,13 @@ class ShardParams(Section):
     eval_samples_per_shard: int = Field(1_000, ge=1)
     image_short_side: int = Field(256, ge=16)
     jpeg_quality: int = Field(90, ge=50, le=100)
+    # Processes for image resize/encode; 0: one per available CPU core.
+    workers: int = Field(0, ge=0)
 
 
 class LoraParams(Section):
-    enabled: bool = True
+    # Used when model.finetune is `lora` (the one switch for LoRA). Dropout has no effect on the
+    # attention adapters: their delta is added to weights (see pipeline/model/lora.py).
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -118,6 +139,12 @@ class HeadParams(Section):
     heads: int = Field(4, ge=1)
     width: int = Field(256, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _width_splits_into_heads(self) -> "HeadParams":
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        return self
 
 
 class ModelParams(Section):
@@ -162,6 +189,9 @@ class EvaluateParams(Section):
 class ChecksParams(Section):
     min_class_share: float = Field(0.0, ge=0, le=1)
     max_class_share: float = Field(0.95, ge=0, le=1)
+    # A collapsed class distribution is reported; `error` makes it stop the pipeline.
+    class_share_level: Literal["error", "warning"] = "warning"
+    probability_sum_tolerance: float = Field(1e-4, gt=0, le=0.1)
 
 
 class DriftParams(Section):

@@ -1,0 +1,256 @@
+"""ingest: every raw record from data/ becomes a manifest row or a quarantine row with a reason.
+
+Per record (in a process pool, results kept in input order): parse problem → text → label →
+image. Then across records: repeated ids. Nothing is dropped silently; the stats assert
+rows_in == kept + quarantined.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline import images, taxonomy, text
+from pipeline.errors import StageFailed
+from pipeline.params import Params, SplitFractions
+from pipeline.paths import SPLITS, Paths
+from pipeline.sources.base import RawRecord
+
+STAGE = "ingest"
+
+MANIFEST_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+    ("task", pa.string()), ("split", pa.string()), ("image_path", pa.string()),
+    ("image_sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+    ("phash", pa.string()), ("text", pa.string()), ("label", pa.int64()),
+    ("label_name", pa.string()), ("valid_pair", pa.bool_()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+    ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    ("detail", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class _Settings:
+    task: str
+    max_text_chars: int
+    limits: images.ImageLimits
+    split_fractions: SplitFractions
+    store_dir: Path
+    root: Path
+
+
+@dataclass
+class Outcome:
+    """What became of one record: `row` for a manifest candidate, else `reason` + `detail`."""
+    id: str
+    source: str
+    source_id: str
+    split: str
+    row: dict | None = None
+    reason: str | None = None
+    detail: str | None = None
+    text_truncated: bool = False
+    extension_mismatch: bool = False
+
+    def quarantine(self, reason: str, detail: str) -> None:
+        self.row, self.reason, self.detail = None, reason, detail
+
+    def quarantine_row(self) -> dict:
+        return {"id": self.id, "source": self.source, "source_id": self.source_id,
+                "split": self.split, "stage": STAGE, "reason": self.reason,
+                "detail": self.detail}
+
+
+def split_for_id(record_id: str, fractions: SplitFractions) -> str:
+    """A split from a stable hash of the id: the same id lands in the same split on every run."""
+    digest = hashlib.sha256(record_id.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    if position < fractions.train:
+        return "train"
+    if position < fractions.train + fractions.val:
+        return "val"
+    return "test"
+
+
+def examine(record: RawRecord, settings: _Settings) -> Outcome:
+    """Check and normalise one record; stores its image when everything else passed."""
+    record_id = f"{record.source}:{record.source_id}"
+    split = record.split or split_for_id(record_id, settings.split_fractions)
+    outcome = Outcome(record_id, record.source, record.source_id, split)
+    if record.problem:
+        reason, _, detail = record.problem.partition(": ")
+        outcome.quarantine(reason, detail or reason)
+        return outcome
+    try:
+        cleaned = text.clean(record.text, settings.max_text_chars)
+        label, label_name = taxonomy.map_label(record.source, record.raw_label, settings.task)
+        stored = images.store(record.image_path, settings.store_dir, settings.root,
+                              settings.limits)
+    except (text.TextRejected, images.ImageRejected) as exc:
+        outcome.quarantine(exc.reason, exc.detail)
+        return outcome
+    except taxonomy.UnknownLabel as exc:
+        outcome.quarantine("unknown_label", str(exc))
+        return outcome
+    outcome.text_truncated = cleaned.truncated
+    outcome.extension_mismatch = stored.extension_mismatch
+    outcome.row = {
+        "id": record_id, "source": record.source, "source_id": record.source_id,
+        "task": settings.task, "split": split, "image_path": stored.relative_path,
+        "image_sha256": stored.sha256, "width": stored.width, "height": stored.height,
+        "phash": stored.phash, "text": cleaned.text, "label": label, "label_name": label_name,
+        "valid_pair": taxonomy.is_valid_pair(settings.task, label),
+    }
+    return outcome
+
+
+def examine_all(records: Iterable[RawRecord], settings: _Settings, workers: int) -> list[Outcome]:
+    """examine() over every record, in input order, with a progress bar."""
+    check = partial(examine, settings=settings)
+    progress = partial(tqdm, desc="ingest", unit="rec", mininterval=1.0)
+    if workers <= 1:
+        return list(progress(map(check, records)))
+    # fork: workers inherit the imported modules, so start-up costs milliseconds, not seconds.
+    # The pool is made before tqdm starts its monitor thread: forking a threaded process is unsafe.
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        results = pool.imap(check, records, chunksize=16)  # imap keeps input order
+        return list(progress(results))
+
+
+def resolve_repeated_ids(outcomes: list[Outcome]) -> None:
+    """Same id again with the same label: later rows are `duplicate_id`. Same id with different
+    labels: no row can be trusted, so all of them become `conflicting_labels`."""
+    by_id: dict[str, list[int]] = {}
+    for position, outcome in enumerate(outcomes):
+        if outcome.row is not None:
+            by_id.setdefault(outcome.id, []).append(position)
+    for record_id, positions in by_id.items():
+        if len(positions) < 2:
+            continue
+        labels = sorted({outcomes[p].row["label_name"] for p in positions})
+        if len(labels) > 1:
+            for p in positions:
+                outcomes[p].quarantine("conflicting_labels", f"id {record_id} appears "
+                                       f"{len(positions)} times with labels {labels}")
+            continue
+        first = outcomes[positions[0]]
+        for p in positions[1:]:
+            outcomes[p].quarantine("duplicate_id", f"repeats {record_id} (first seen as input "
+                                   f"row {positions[0] + 1}, split {first.split})")
+
+
+def _write_table(rows: list[dict], schema: pa.Schema, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda row: (row["id"], row.get("reason") or ""))
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), dest)
+
+
+def _stats(outcomes: list[Outcome], task: str) -> dict:
+    kept = [o for o in outcomes if o.row is not None]
+    rejected = [o for o in outcomes if o.row is None]
+    per_source: dict[str, dict[str, int]] = {}
+    for outcome in outcomes:
+        counts = per_source.setdefault(outcome.source, {"rows_in": 0, "kept": 0, "quarantined": 0})
+        counts["rows_in"] += 1
+        counts["kept" if outcome.row is not None else "quarantined"] += 1
+    split_counts = Counter(o.split for o in kept)
+    return {
+        "task": task,
+        "rows_in": len(outcomes),
+        "kept": len(kept),
+        "quarantined": len(rejected),
+        "quarantined_by_reason": dict(sorted(Counter(o.reason for o in rejected).items())),
+        "text_truncated": sum(o.text_truncated for o in kept),
+        "extension_mismatch": sum(o.extension_mismatch for o in kept),
+        "per_split": {split: split_counts.get(split, 0) for split in SPLITS},
+        "per_class": taxonomy.counts_by_name(task, [o.row["label"] for o in kept]),
+        "per_source": dict(sorted(per_source.items())),
+    }
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def ingest_records(records: Iterable[RawRecord], params: Params, paths: Paths,
+                   workers: int | None = None) -> dict:
+    """The stage body over any records; run() feeds it from the sources in params.ingest."""
+    # Stale images from an earlier run would no longer match the manifest.
+    shutil.rmtree(paths.image_store, ignore_errors=True)
+    paths.image_store.mkdir(parents=True, exist_ok=True)
+    settings = _Settings(
+        task=params.task,
+        max_text_chars=params.ingest.max_text_chars,
+        limits=images.ImageLimits(params.ingest.max_image_pixels, params.ingest.min_image_side),
+        split_fractions=params.ingest.splits,
+        store_dir=paths.image_store,
+        root=paths.root,
+    )
+    if workers is None:
+        workers = params.ingest.workers or default_workers()
+    outcomes = examine_all(records, settings, workers)
+    resolve_repeated_ids(outcomes)
+
+    _write_table([o.row for o in outcomes if o.row is not None], MANIFEST_SCHEMA,
+                 paths.ingest_manifest)
+    _write_table([o.quarantine_row() for o in outcomes if o.row is None], QUARANTINE_SCHEMA,
+                 paths.ingest_quarantine)
+    stats = _stats(outcomes, params.task)
+    if stats["rows_in"] != stats["kept"] + stats["quarantined"]:  # not `assert`: -O removes it
+        raise StageFailed(f"ingest lost rows: {stats['rows_in']} in, {stats['kept']} kept, "
+                          f"{stats['quarantined']} quarantined")
+    stats_path = paths.stats(STAGE)
+    stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+    if stats["rows_in"] == 0:
+        raise StageFailed("ingest read no records: the sources in ingest.sources are empty")
+    if stats["kept"] == 0:
+        raise StageFailed(f"ingest kept no rows; all {stats['rows_in']} were quarantined "
+                          f"(see {paths.ingest_quarantine}): {stats['quarantined_by_reason']}")
+    return stats
+
+
+def read_sources(params: Params, paths: Paths) -> Iterator[RawRecord]:
+    """Records of every source in ingest.sources that feeds params.task, source by source.
+
+    Folders are checked before anything is read, so a missing one fails fast.
+    """
+    from pipeline.sources import get_source
+
+    feeding = [s for s in params.ingest.sources if params.task in taxonomy.SOURCE_TASKS[s]]
+    if not feeding:
+        allowed = [s for s, tasks in taxonomy.SOURCE_TASKS.items() if params.task in tasks]
+        raise StageFailed(f"none of ingest.sources {list(params.ingest.sources)} feeds task "
+                          f"{params.task!r}; sources that do: {allowed}")
+    for source in feeding:
+        folder = paths.source_dir(source)
+        if not folder.is_dir():
+            raise StageFailed(f"{folder} not found: run `mmguard fetch --source {source}` first")
+    modules = {source: get_source(source) for source in feeding}
+    return _chained(modules, params.task, paths)
+
+
+def _chained(modules: dict, task: str, paths: Paths) -> Iterator[RawRecord]:
+    for source, module in modules.items():
+        try:
+            yield from module.read(paths.source_dir(source), task)
+        except FileNotFoundError as exc:
+            raise StageFailed(f"source {source}: {exc} (run `mmguard fetch --source {source}`)") \
+                from None
+
+
+def run(params: Params, paths: Paths) -> dict:
+    return ingest_records(read_sources(params, paths), params, paths)
