@@ -1,0 +1,83 @@
+"""The two CLIP towers (image and text) from open_clip, with their preprocessing and tokenizer.
+
+`name` is any open_clip model config or the embedded `tiny` config (configs/tiny.json, small
+enough to train on a laptop CPU). `pretrained` is an open_clip pretrained tag, a local weights
+file, or None for a random init. Tag and file both go through the same `open_clip.create_model`
+call, so a file saved from a tagged download loads exactly like the tag would.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+
+TINY_CONFIG = Path(__file__).parent / "configs" / "tiny.json"
+# The file's stem is the name open_clip registers it under.
+open_clip.add_model_config(TINY_CONFIG)
+
+# Suffixes that mark `pretrained` as meant to be a file, so a typo'd path is reported as a missing
+# file rather than as an unknown tag.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".npz")
+
+
+@dataclass
+class Towers:
+    clip: torch.nn.Module  # open_clip CLIP: .visual, .transformer (text), .logit_scale
+    preprocess: Callable  # PIL.Image -> Float[3, H, W], the eval transform
+    tokenizer: Callable  # list[str] -> Long[N, context_length]
+    embed_dim: int
+
+
+def available_models() -> list[str]:
+    return open_clip.list_models()
+
+
+def check_tower_source(name: str, pretrained: str | None) -> None:
+    """Raise ValueError before any download or allocation when name or weights cannot work."""
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"model.name {name!r} is not an open_clip model config; allowed: "
+            f"{', '.join(open_clip.list_models())}")
+    if pretrained is None:
+        return
+    if os.path.isfile(pretrained):
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        return
+    looks_like_path = os.sep in pretrained or "/" in pretrained or pretrained.endswith(
+        WEIGHT_FILE_SUFFIXES)
+    if looks_like_path:
+        raise ValueError(f"model.pretrained: weights file {pretrained!r} does not exist")
+    allowed = ", ".join(tags) if tags else "none for this model"
+    raise ValueError(
+        f"model.pretrained {pretrained!r} is neither a weights file nor a pretrained tag of "
+        f"{name!r} (tags: {allowed}); use null for a random init")
+
+
+def create_towers(name: str, pretrained: str | None) -> Towers:
+    """Build the towers; the caller seeds the RNG when `pretrained` is None."""
+    check_tower_source(name, pretrained)
+    clip = open_clip.create_model(name, pretrained=pretrained, device="cpu")
+    # The eval transform matches the weights: create_model stored the (tag's) preprocessing
+    # config on the visual tower.
+    preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
+    tokenizer = open_clip.get_tokenizer(name)
+    embed_dim = int(clip.text_projection.shape[1]) if clip.text_projection is not None else \
+        int(clip.transformer.width)
+    return Towers(clip=clip, preprocess=preprocess, tokenizer=tokenizer, embed_dim=embed_dim)
+
+
+def save_tower_weights(clip: torch.nn.Module, path: str | Path) -> Path:
+    """Write a CLIP state dict as safetensors, in the form `create_towers(pretrained=path)` reads."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in clip.state_dict().items()}, str(path))
+    return path
