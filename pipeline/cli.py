@@ -94,6 +94,67 @@ def run(params: Path = PARAMS_OPTION) -> None:
     raise typer.Exit(code)
 
 
+@app.command()
+def register(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Register artifacts/model as a new version of the registered model, alias @challenger."""
+    from pipeline import registry
+
+    version = _registry_call(lambda: registry.register(_load(params), Paths(root)))
+    _print({"version": version})
+
+
+@app.command()
+def promote(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Move @champion to @challenger if it passes the gate; exit 1 when it does not."""
+    from pipeline import registry
+
+    decision = _registry_call(lambda: registry.promote(_load(params), Paths(root)))
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Point @champion back at @previous_champion."""
+    from pipeline import registry
+
+    _print(_registry_call(lambda: registry.rollback(_load(params), root)))
+
+
+@app.command()
+def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
+                                      "models:/mmguard-hateful_memes@champion"),
+            input_file: Path = typer.Option(..., "--input", help=".jsonl or .parquet of image, text"),
+            output_file: Path = typer.Option(..., "--output", help=".parquet or .jsonl to write"),
+            batch_size: int = typer.Option(64, "--batch-size", min=1),
+            params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Batch inference over a file; bad rows are reported in the output, not fatal."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.predict import PredictError, predict_file
+
+    uri = tracking.tracking_uri(_load(params), root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        _print(predict_file(model, input_file, output_file, batch_size))
+    except PredictError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _registry_call(call):
+    """Registry errors (server down, nothing to promote) print as one line and exit 1."""
+    from pipeline.registry import RegistryError
+
+    try:
+        return call()
+    except RegistryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -1,0 +1,151 @@
+"""Evaluation plots: ROC, precision-recall, confusion and calibration, as PNG and as the CSV
+files `dvc plots` reads.
+
+Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so nothing
+needs a display and no global figure state leaks between calls.
+
+CSV files (one row per point):
+- roc.csv          class, fpr, tpr, threshold      (binary: the positive class; else one-vs-rest)
+- pr.csv           class, recall, precision, threshold
+- confusion.csv    actual, predicted               (class names; DVC's confusion template)
+- calibration.csv  bin, mean_confidence, observed_frequency, count
+  (binary: positive-class probability vs share of positives; multi-class: top-label confidence
+  vs accuracy)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+
+from pipeline.prediction_checks import probability_column
+
+CALIBRATION_BINS = 10
+
+
+def _one_vs_rest(labels: np.ndarray, probs: np.ndarray, class_names) -> list[tuple]:
+    """(class, is_class, score) for each curve to draw; binary draws the positive class only."""
+    indices = [1] if len(class_names) == 2 else range(len(class_names))
+    curves = []
+    for k in indices:
+        is_class = (labels == k).astype(int)
+        if 0 < is_class.sum() < len(is_class):  # a curve needs both outcomes
+            curves.append((class_names[k], is_class, probs[:, k]))
+    return curves
+
+
+def roc_points(labels, probs, class_names) -> pd.DataFrame:
+    frames = []
+    for name, truth, score in _one_vs_rest(labels, probs, class_names):
+        fpr, tpr, thresholds = roc_curve(truth, score)
+        frames.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr,
+                                    "threshold": np.clip(thresholds, 0, 1)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["class", "fpr", "tpr", "threshold"])
+
+
+def pr_points(labels, probs, class_names) -> pd.DataFrame:
+    frames = []
+    for name, truth, score in _one_vs_rest(labels, probs, class_names):
+        precision, recall, thresholds = precision_recall_curve(truth, score)
+        # sklearn gives one threshold fewer than points; the last point (recall 0) has none.
+        thresholds = np.append(thresholds, np.nan)
+        frames.append(pd.DataFrame({"class": name, "recall": recall, "precision": precision,
+                                    "threshold": thresholds}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["class", "recall", "precision", "threshold"])
+
+
+def calibration_points(labels, probs, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
+    if probs.shape[1] == 2:
+        confidence, hit = probs[:, 1], (labels == 1)
+    else:
+        confidence, hit = probs.max(axis=1), (probs.argmax(axis=1) == labels)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            rows.append({"bin": b, "mean_confidence": float(confidence[inside].mean()),
+                         "observed_frequency": float(hit[inside].mean()),
+                         "count": int(inside.sum())})
+    return pd.DataFrame(rows, columns=["bin", "mean_confidence", "observed_frequency", "count"])
+
+
+def _save(figure: Figure, path: Path) -> None:
+    FigureCanvasAgg(figure)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def _curve_png(points: pd.DataFrame, x: str, y: str, title: str, path: Path,
+               diagonal: bool) -> None:
+    figure = Figure(figsize=(5, 5))
+    axes = figure.add_subplot()
+    for name, curve in points.groupby("class", sort=False):
+        axes.plot(curve[x], curve[y], label=str(name))
+    if diagonal:
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    if len(points):
+        axes.legend(fontsize=7, loc="lower right")
+    _save(figure, path)
+
+
+def _confusion_png(matrix: np.ndarray, class_names, path: Path) -> None:
+    size = 3 + 0.6 * len(class_names)
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
+    axes.imshow(matrix, cmap="Blues")
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=7)
+    axes.set_yticks(ticks, class_names, fontsize=7)
+    axes.set(xlabel="predicted", ylabel="actual", title="confusion")
+    peak = matrix.max() if matrix.size else 0
+    for i in ticks:
+        for j in ticks:
+            axes.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                      color="white" if peak and matrix[i, j] > peak / 2 else "black")
+    _save(figure, path)
+
+
+def _calibration_png(points: pd.DataFrame, path: Path) -> None:
+    figure = Figure(figsize=(5, 5))
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
+    axes.plot(points["mean_confidence"], points["observed_frequency"], marker="o", label="model")
+    axes.set(xlabel="mean predicted confidence", ylabel="observed frequency",
+             title="calibration", xlim=(0, 1), ylim=(0, 1))
+    axes.legend(fontsize=7, loc="upper left")
+    _save(figure, path)
+
+
+def write_plots(frame: pd.DataFrame, class_names, out_dir: Path) -> list[Path]:
+    """Write the four plots (PNG + CSV) for one predictions frame; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = frame["label"].to_numpy(dtype=int)
+    probs = frame[[probability_column(n) for n in class_names]].to_numpy(dtype=float)
+    predicted = frame["prediction"].to_numpy(dtype=int)
+
+    roc, pr = roc_points(labels, probs, class_names), pr_points(labels, probs, class_names)
+    calibration = calibration_points(labels, probs)
+    names = np.asarray(class_names, dtype=object)
+    confusion = pd.DataFrame({"actual": names[labels], "predicted": names[predicted]})
+    matrix = confusion_matrix(labels, predicted, labels=list(range(len(class_names))))
+
+    written = []
+    for name, table in (("roc", roc), ("pr", pr), ("confusion", confusion),
+                        ("calibration", calibration)):
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+        written.append(out_dir / f"{name}.csv")
+    _curve_png(roc, "fpr", "tpr", "ROC", out_dir / "roc.png", diagonal=True)
+    _curve_png(pr, "recall", "precision", "precision-recall", out_dir / "pr.png", diagonal=False)
+    _confusion_png(matrix, class_names, out_dir / "confusion.png")
+    _calibration_png(calibration, out_dir / "calibration.png")
+    written += [out_dir / f"{name}.png" for name in ("roc", "pr", "confusion", "calibration")]
+    return written

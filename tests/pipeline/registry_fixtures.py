@@ -1,0 +1,147 @@
+"""Helpers for the registry, serving and benchmark tests: a tiny project whose test labels a
+chosen model predicts perfectly, and real server subprocesses on free 127.0.0.1 ports."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import webdataset as wds
+from PIL import Image
+
+from pipeline.model import build_model, save_model
+from pipeline.params import Params, parse_params
+from pipeline.paths import Paths
+from pipeline.taxonomy import class_names
+from tests.model.shard_writer import sample
+
+MLFLOW_BIN = Path(sys.executable).with_name("mlflow")
+
+
+def project_params(root: Path, task: str = "hateful_memes", tracking_uri: str | None = None,
+                   **gate) -> Params:
+    return parse_params({
+        "task": task,
+        "registry": {"tracking_uri": tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
+                     "gate": {"min_auroc": 0.0, "min_top1": 0.0, "min_top2": 0.0, **gate}}})
+
+
+def model_dirs(root: Path, task: str, seeds: dict[str, int]) -> dict[str, Path]:
+    """Random-init tiny models, one per name; different seeds score differently."""
+    dirs = {}
+    for name, seed in seeds.items():
+        params = parse_params({"task": task, "train": {"seed": seed}})
+        dirs[name] = save_model(build_model(params), root / "models" / name)
+    return dirs
+
+
+def write_test_split(paths: Paths, task: str, oracle_dir: Path, n: int = 24,
+                     seed: int = 0) -> None:
+    """Test shards whose labels are what `oracle_dir`'s model predicts (binary: above its median
+    score), so that model scores perfectly and any other model near chance."""
+    from pipeline.model import load_model
+
+    rng = random.Random(seed)
+    names = class_names(task)
+    samples = [sample(task, "test", i, rng.randrange(len(names)), rng) for i in range(n)]
+    images = [Image.open(io.BytesIO(s["jpg"])).convert("RGB") for s in samples]
+    texts = [s["txt"].decode() for s in samples]
+    probs = load_model(oracle_dir).predict_proba(images, texts)
+    if len(names) == 2:
+        labels = (probs[:, 1] > np.median(probs[:, 1])).astype(int)
+    else:
+        labels = probs.argmax(axis=1)
+    folder = paths.shards / "test"
+    folder.mkdir(parents=True, exist_ok=True)
+    with wds.TarWriter(str(folder / "shard-000000.tar")) as sink:
+        for item, label in zip(samples, labels):
+            meta = json.loads(item["json"]) | {"label": int(label), "label_name": names[label]}
+            sink.write(item | {"cls": str(int(label)).encode(), "json": json.dumps(meta).encode()})
+    paths.shard_sizes.write_text(json.dumps({
+        "task": task, "class_names": list(names),
+        "splits": {"test": {"samples": n, "shards": ["test/shard-000000.tar"]}}}))
+
+
+def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
+                      metrics: dict | None = None) -> None:
+    """Put a model where `register` looks, with the checks report and metrics it records."""
+    if paths.model_dir.exists():
+        shutil.rmtree(paths.model_dir)
+    shutil.copytree(model_dir, paths.model_dir)
+    paths.checks_dir.mkdir(parents=True, exist_ok=True)
+    failed = [] if checks_passed else ["auroc_above_chance"]
+    (paths.checks_dir / "report.json").write_text(json.dumps(
+        {"passed": checks_passed, "failed_errors": failed, "checks": []}))
+    paths.evaluate_dir.mkdir(parents=True, exist_ok=True)
+    (paths.evaluate_dir / "metrics.json").write_text(json.dumps(
+        {"test": metrics or {"auroc": 0.5, "samples": 24}}))
+
+
+def clear_tracking_env() -> None:
+    """Drop MLFLOW_TRACKING_URI left behind by earlier tests (mlflow.set_tracking_uri exports it,
+    and it wins over params), so a module fixture uses the store its params name."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env | extra
+
+
+def start_server(command: list[str], ready_url: str, log_path: Path, env: dict[str, str],
+                 timeout_s: float = 300) -> subprocess.Popen:
+    """Start a server subprocess and wait until `ready_url` answers 200; fail with its log."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            if requests.get(ready_url, timeout=2).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    stop_server(process)
+    raise RuntimeError(f"server not ready after {timeout_s}s:\n"
+                       f"{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop the server and the workers it spawned (its own process group, nothing else)."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(timeout=10)
+
+
+def tracking_server(root: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend and served artifacts."""
+    command = [str(MLFLOW_BIN), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+               "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"]
+    return start_server(command, f"http://127.0.0.1:{port}/health", root / "server.log",
+                        quiet_env())
