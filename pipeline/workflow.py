@@ -1,4 +1,5 @@
-"""`mmguard run`: the main job on one machine — land the data if absent, `dvc repro`, summarise.
+"""`mmguard run`: the main job on one machine — land the data if absent, `dvc repro`, register the
+model in MLflow, put it through the promotion gate, summarise.
 
 DVC decides what re-runs; this module only prepares the workspace and reports what the stages
 wrote. Stages are invoked by DVC as `mmguard <stage>`, so the running interpreter's bin folder is
@@ -65,7 +66,34 @@ def summary(paths: Paths) -> str:
         for split, info in sizes.get("splits", {}).items():
             lines.append(f"  shards {split:<10} {len(info.get('shards', []))} "
                          f"({info.get('samples')} samples)")
+    train = _read_json(paths.train_dir / "metrics.json")
+    if train:
+        best = {k: round(v, 4) for k, v in train.get("best", {}).items()
+                if k != "val_loss" and v is not None}
+        lines.append(f"  validation        best epoch {train.get('best_epoch')}: {best}")
+    evaluation = _read_json(paths.evaluate_dir / "metrics.json")
+    if evaluation:
+        test = evaluation.get("test", evaluation)
+        shown = {k: round(v, 4) for k, v in test.items()
+                 if k in ("auroc", "accuracy", "f1", "top1", "top2", "macro_f1")}
+        lines.append(f"  test              {shown}")
+    checks = _read_json(paths.checks_dir / "report.json")
+    if checks:
+        lines.append(f"  prediction checks {'passed' if checks.get('passed') else 'FAILED'}")
+    drift = _read_json(paths.drift_dir / "drift.json")
+    if drift:
+        lines.append(f"  drift             dataset_drift={drift.get('dataset_drift')} "
+                     f"share={drift.get('drift_share')} {drift.get('drifted_columns')}")
     return "\n".join(lines)
+
+
+def register_and_promote(params: Params, paths: Paths) -> bool:
+    """Register the evaluated model as @challenger and run the gate; True when it became champion."""
+    from pipeline import registry
+
+    version = registry.register(params, paths)
+    print(f"registered {registry.model_name(params)} version {version} as @challenger", flush=True)
+    return registry.promote(params, paths).promoted
 
 
 def run_all(params: Params, root: Path = Path(".")) -> int:
@@ -73,4 +101,9 @@ def run_all(params: Params, root: Path = Path(".")) -> int:
     ensure_data(params, paths)
     _dvc("repro", root=root)
     print(summary(paths), flush=True)
+    register_and_promote(params, paths)
+    # A model the gate refuses is a normal outcome of a run, not a failure of it.
+    print("\nruns and registry: mlflow ui --backend-store-uri sqlite:///mlflow.db", flush=True)
+    print("data docs: artifacts/validate/data_docs/index.html; drift: artifacts/drift/report.html",
+          flush=True)
     return 0

@@ -99,6 +99,15 @@ def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _log_and_print(row: dict, epoch: int) -> None:
+    """Per-epoch metrics go to MLflow and, as one line, to the console (training takes minutes)."""
+    tracking.log_epoch(row, epoch)
+    shown = " ".join(f"{key}={value:.4g}" for key, value in row.items()
+                     if key in ("train_loss", "val_loss", "samples_per_s") or
+                     (key.startswith("val_") and isinstance(value, float)))
+    print(f"epoch {epoch}: {shown}", flush=True)
+
+
 def run(params: Params, paths: Paths, step_hook: training.StepHook | None = None) -> dict:
     dist = training.init_distributed(params.train.device)
     try:
@@ -152,7 +161,7 @@ def _run(params: Params, paths: Paths, dist: training.DistContext,
                 model, train_batches=train_batches, val_batches=val_batches,
                 steps_per_epoch=steps, train=train_p, task=params.task, loss_fn=total_loss,
                 device=device, checkpoints=store, params_hash=digest,
-                log=tracking.log_epoch if dist.is_main else None, dist=dist,
+                log=_log_and_print if dist.is_main else None, dist=dist,
                 step_hook=step_hook, extra={"mlflow_run_id": run_info.get("run_id")})
         except (data.DataError, ValueError) as exc:
             raise StageFailed(f"training failed: {exc}") from None
