@@ -129,8 +129,8 @@ class ShardParams(Section):
 class LoraParams(Section):
     # Used when model.finetune is `lora` (the one switch for LoRA). Dropout has no effect on the
     # attention adapters: their delta is added to weights (see pipeline/model/lora.py).
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
 
 
@@ -158,9 +158,9 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
     grad_clip_norm: float = Field(1.0, ge=0)  # 0 turns clipping off

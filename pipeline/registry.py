@@ -113,12 +113,6 @@ def model_name(params: Params) -> str:
     return params.registry.model_name.format(task=params.task)
 
 
-def tracking_uri(params: Params, root: Path) -> str:
-    from pipeline import tracking
-
-    return tracking.tracking_uri(params, root)
-
-
 def ensure_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast with a clear message when an HTTP tracking server is down (MLflow's client
     would otherwise retry with back-off for minutes before failing)."""
@@ -152,7 +146,9 @@ def _registry_errors(uri: str):
 def _client(params: Params, root: Path):
     from mlflow import MlflowClient
 
-    uri = tracking_uri(params, root)
+    from pipeline import tracking
+
+    uri = tracking.tracking_uri(params, root)
     ensure_reachable(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
