@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench lock clean
+.PHONY: install run test bench quality lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -29,6 +29,10 @@ test: install
 
 bench: install
 	$(PY) -m pytest tests/bench -s -p no:cacheprovider --timeout=3600
+
+# The quality bar of the embedded default: trains both tasks and the baselines (~20 min on CPU).
+quality: install
+	$(PY) -m pytest tests/quality -s -p no:cacheprovider --timeout=3600
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock

@@ -37,7 +37,7 @@ class SyntheticParams(Section):
     """The embedded default dataset; see pipeline/sources/synthetic.py for how labels arise."""
 
     seed: int = 0
-    items_per_task: int = Field(900, ge=60)  # clean items; planted defects come on top
+    items_per_task: int = Field(2400, ge=60)  # clean items; planted defects come on top
     image_min_side: int = Field(96, ge=32)
     image_max_side: int = Field(224, ge=32)
     label_noise: float = Field(0.0, ge=0, le=0.5)
@@ -158,9 +158,9 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(25, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(20, ge=0)
     grad_clip_norm: float = Field(1.0, ge=0)  # 0 turns clipping off
@@ -174,7 +174,7 @@ class TrainParams(Section):
     ce_weight: float = Field(1.0, ge=0)
     contrastive_weight: float = Field(1.0, ge=0)
     checkpoint_every: int = Field(1, ge=1)
-    early_stopping_patience: int = Field(4, ge=0)  # 0 turns early stopping off
+    early_stopping_patience: int = Field(8, ge=0)  # 0 turns early stopping off
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 

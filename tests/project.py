@@ -15,8 +15,8 @@ BIN = Path(sys.executable).parent
 
 # Small enough for a test, big enough that every split keeps rows after dedupe.
 SMALL = {
-    "synthetic": {"items_per_task": 120},
-    "train": {"epochs": 1, "batch_size": 16, "early_stopping_patience": 0},
+    "synthetic": {"items_per_task": 240},
+    "train": {"epochs": 4, "batch_size": 16, "early_stopping_patience": 0},
     "validate": {"min_rows_per_split": 5},
 }
 

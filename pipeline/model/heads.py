@@ -16,15 +16,22 @@ MODALITIES = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
 
 class TransformerFusionHead(nn.Module):
     """Each embedding is projected to one token, tagged with a learned modality-type embedding;
-    a CLS token attends over them and its final state is classified."""
+    a CLS token attends over them and its final state is classified.
+
+    With both modalities a third token carries image ⊙ text (elementwise product of the
+    normalised embeddings; its sum is the CLIP similarity). Whether a caption describes its image
+    is a comparison of the two embeddings, which two separately projected tokens learn slowly.
+    """
 
     def __init__(self, embed_dim: int, num_classes: int, head: HeadParams,
                  modalities: tuple[str, ...]):
         super().__init__()
         self.modalities = modalities
-        self.project = nn.ModuleDict({m: nn.Linear(embed_dim, head.width) for m in modalities})
+        self.token_names = modalities + (("joint",) if len(modalities) == 2 else ())
+        self.project = nn.ModuleDict({m: nn.Linear(embed_dim, head.width)
+                                      for m in self.token_names})
         self.modality_type = nn.ParameterDict(
-            {m: nn.Parameter(torch.randn(head.width) * 0.02) for m in modalities})
+            {m: nn.Parameter(torch.randn(head.width) * 0.02) for m in self.token_names})
         self.cls_token = nn.Parameter(torch.randn(head.width) * 0.02)
         layer = nn.TransformerEncoderLayer(
             d_model=head.width, nhead=head.heads, dim_feedforward=4 * head.width,
@@ -37,8 +44,11 @@ class TransformerFusionHead(nn.Module):
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = embeddings[self.modalities[0]].shape[0]
+        inputs = {m: embeddings[m] for m in self.modalities}
+        if "joint" in self.token_names:
+            inputs["joint"] = embeddings["image"] * embeddings["text"]
         tokens = [self.cls_token.expand(batch, -1)]
-        tokens += [self.project[m](embeddings[m]) + self.modality_type[m] for m in self.modalities]
+        tokens += [self.project[m](inputs[m]) + self.modality_type[m] for m in self.token_names]
         encoded = self.encoder(torch.stack(tokens, dim=1))
         return self.classifier(self.norm(encoded[:, 0]))
 

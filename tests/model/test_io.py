@@ -64,7 +64,7 @@ def test_saved_files_hold_the_full_state_and_config(tmp_path):
     assert config["task"] == "hateful_memes"
     assert config["class_names"] == ["not_hateful", "hateful"]
     assert config["open_clip_name"] == "tiny"
-    assert config["model"]["finetune"] == "lora" and config["model"]["lora"]["rank"] == 8
+    assert config["model"]["finetune"] == "lora" and config["model"]["lora"]["rank"] == model.model_params.lora.rank
 
 
 def test_load_needs_no_pretrained_weights(tmp_path):

@@ -1,35 +1,39 @@
-"""The whole data pipeline under real DVC on a small embedded config."""
+"""The main job end to end: `mmguard run` (fetch, dvc add, every DVC stage, register, promote)
+on a small embedded config in a throwaway copy of the project, with real DVC and MLflow."""
 import json
 
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from tests.project import SMALL, make_project, run
 
 pytestmark = pytest.mark.slow
 
-DATA_STAGES = ["ingest", "dedupe", "validate", "shard"]
+STAGES = ["ingest", "dedupe", "validate", "shard", "train", "evaluate", "checks", "drift"]
 
 
 def _ran(output: str) -> list[str]:
-    return [stage for stage in DATA_STAGES if f"Running stage '{stage}'" in output]
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("project"), SMALL)
-    run(["mmguard", "fetch", "--source", "synthetic"], root)
-    run(["dvc", "add", "-q", "data"], root)
-    first = run(["dvc", "repro", *DATA_STAGES], root)
+    first = run(["mmguard", "run"], root)
     return root, first.stdout
 
 
-def test_cold_repro_runs_every_data_stage_and_conserves_rows(project):
+def _json(root, relative):
+    return json.loads((root / relative).read_text())
+
+
+def test_main_job_runs_every_stage_and_conserves_rows(project):
     root, output = project
-    assert _ran(output) == DATA_STAGES
-    ingest = json.loads((root / "artifacts/ingest/stats.json").read_text())
-    dedupe = json.loads((root / "artifacts/dedupe/stats.json").read_text())
+    assert _ran(output) == STAGES
+    ingest = _json(root, "artifacts/ingest/stats.json")
+    dedupe = _json(root, "artifacts/dedupe/stats.json")
     assert ingest["rows_in"] == ingest["kept"] + ingest["quarantined"]
     assert dedupe["rows_in"] == ingest["kept"]
     dropped = dedupe["duplicates_exact"] + dedupe["duplicates_near"]
@@ -38,20 +42,42 @@ def test_cold_repro_runs_every_data_stage_and_conserves_rows(project):
     assert dropped > 0 and ingest["quarantined"] > 0
     manifest = pd.read_parquet(root / "artifacts/dedupe/manifest.parquet")
     assert len(manifest) == dedupe["kept"] and manifest["id"].is_unique
-    sizes = json.loads((root / "artifacts/shards/sizes.json").read_text())
+    sizes = _json(root, "artifacts/shards/sizes.json")
     assert sum(info["samples"] for info in sizes["splits"].values()) == len(manifest)
+    predictions = pd.read_parquet(root / "artifacts/evaluate/predictions.parquet")
+    assert (predictions["split"] == "test").sum() == sizes["splits"]["test"]["samples"]
+    assert _json(root, "artifacts/checks/stats.json")["passed"] is True
+    assert "dataset_drift" in _json(root, "artifacts/drift/drift.json")
+    assert (root / "artifacts/validate/data_docs/index.html").exists()
+    assert (root / "artifacts/drift/report.html").exists()
+    assert "mmguard summary" in output
+
+
+def test_the_first_model_is_registered_and_becomes_champion(project):
+    root, output = project
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("mmguard-hateful_memes", "champion")
+    assert champion.version == "1"
+    assert champion.tags["gate.decision"] == "promoted"
+    assert "PROMOTED to @champion" in output
 
 
 def test_second_repro_does_nothing(project):
     root, _ = project
-    again = run(["dvc", "repro", *DATA_STAGES], root)
+    again = run(["dvc", "repro"], root)
     assert _ran(again.stdout) == []
 
 
-def test_changing_a_shard_param_reruns_only_shard(project):
+def test_changing_a_shard_param_reruns_shard_and_only_what_follows(project):
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["shard"]["image_short_side"] = 128
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run(["dvc", "repro", *DATA_STAGES], root)
+    status = run(["dvc", "status"], root).stdout
+    assert "shard:" in status and "ingest:" not in status and "train:" not in status
+    changed = run(["dvc", "repro", "shard"], root)
     assert _ran(changed.stdout) == ["shard"]
+    after = run(["dvc", "status"], root).stdout
+    # Downstream stages now see new shards; upstream ones stay clean.
+    assert "train:" in after and "ingest:" not in after and "shard:" not in after
