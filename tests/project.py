@@ -32,7 +32,10 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def project_env() -> dict[str, str]:
-    env = dict(os.environ)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an earlier test in this process
+    # would otherwise point the project's commands at that test's store.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", GX_ANALYTICS_ENABLED="false",
                MLFLOW_DISABLE_TELEMETRY="true")

@@ -58,7 +58,7 @@ def test_the_first_model_is_registered_and_becomes_champion(project):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("mmguard-hateful_memes", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     assert champion.tags["gate.decision"] == "promoted"
     assert "PROMOTED to @champion" in output
 
