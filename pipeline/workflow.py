@@ -91,8 +91,7 @@ def register_and_promote(params: Params, paths: Paths) -> bool:
     """Register the evaluated model as @challenger and run the gate; True when it became champion."""
     from pipeline import registry
 
-    version = registry.register(params, paths)
-    print(f"registered {registry.model_name(params)} version {version} as @challenger", flush=True)
+    registry.register(params, paths)  # prints the version it registered
     return registry.promote(params, paths).promoted
 
 
