@@ -120,21 +120,18 @@ def _features(manifest: pd.DataFrame, role: str, where: str, paths: Paths,
     return drift_features.feature_frame(manifest, paths.root, predictions)
 
 
+def _side(paths: Paths, manifest: Path | None, split: str) -> tuple[pd.DataFrame, str]:
+    """One side of the comparison: an explicit manifest whole, else a split of the clean one."""
+    if manifest is None:
+        return read_manifest(paths.manifest, split), f"split {split!r} of {paths.manifest}"
+    return read_manifest(manifest), str(manifest)
+
+
 def run(params: Params, paths: Paths, reference_manifest: Path | None = None,
         current_manifest: Path | None = None, out_dir: Path | None = None) -> dict:
     settings = params.drift
-    if reference_manifest is None:
-        reference_rows = read_manifest(paths.manifest, settings.reference_split)
-        reference_where = f"split {settings.reference_split!r} of {paths.manifest}"
-    else:
-        reference_rows = read_manifest(reference_manifest)
-        reference_where = str(reference_manifest)
-    if current_manifest is None:
-        current_rows = read_manifest(paths.manifest, settings.current_split)
-        current_where = f"split {settings.current_split!r} of {paths.manifest}"
-    else:
-        current_rows = read_manifest(current_manifest)
-        current_where = str(current_manifest)
+    reference_rows, reference_where = _side(paths, reference_manifest, settings.reference_split)
+    current_rows, current_where = _side(paths, current_manifest, settings.current_split)
 
     predictions = pd.read_parquet(paths.predictions) if paths.predictions.exists() else None
     try:
