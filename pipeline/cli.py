@@ -94,31 +94,74 @@ def run(params: Path = PARAMS_OPTION) -> None:
     raise typer.Exit(code)
 
 
+ALLOW_ROLLED_BACK = typer.Option(False, "--allow-rolled-back",
+                                 help="consider a version that was rolled back")
+
+
 @app.command()
 def register(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Register artifacts/model as a new version of the registered model, alias @challenger."""
+    """Register artifacts/model (idempotent on its content hash), alias @challenger; prints
+    {"version": "N", "created": bool}."""
     from pipeline import registry
 
-    version = _registry_call(lambda: registry.register(_load(params), Paths(root)))
-    _print({"version": version})
+    result = _registry_call(lambda: registry.register(_load(params), Paths(root), params))
+    typer.echo(json.dumps(result))
 
 
 @app.command()
-def promote(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Move @champion to @challenger if it passes the gate; exit 1 when it does not."""
+def gate(out: Path = typer.Option(..., "--out", help="JSON file for the decision"),
+         allow_rolled_back: bool = ALLOW_ROLLED_BACK,
+         params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Score @challenger against @champion and write the decision (promote|keep); moves nothing.
+    Exits 0 whenever the gate ran, 1 only on registry errors."""
     from pipeline import registry
 
-    decision = _registry_call(lambda: registry.promote(_load(params), Paths(root)))
-    if not decision.promoted:
-        raise typer.Exit(1)
+    decision = _registry_call(lambda: registry.gate(_load(params), Paths(root),
+                                                    allow_rolled_back))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def promote(decision: Path = typer.Option(None, "--decision", help="a `gate --out` file to "
+                                          "apply; without it the gate runs first"),
+            allow_rolled_back: bool = ALLOW_ROLLED_BACK,
+            params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Move @champion to the challenger with compare-and-set: refuse (exit 1) when @champion is
+    no longer the version the gate saw. Without --decision, also exit 1 when the gate says keep."""
+    from pipeline import registry
+
+    loaded, paths = _load(params), Paths(root)
+    if decision is None:
+        gated = _registry_call(lambda: registry.promote(loaded, paths, allow_rolled_back))
+        if not gated.promoted:
+            raise typer.Exit(1)
+        return
+    try:
+        read = registry.GateDecision.from_dict(json.loads(decision.read_text()))
+    except (OSError, ValueError) as exc:
+        typer.secho(f"cannot read the gate decision {decision}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    _print(_registry_call(lambda: registry.apply_decision(loaded, paths, read,
+                                                          allow_rolled_back)))
 
 
 @app.command()
 def rollback(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Point @champion back at @previous_champion."""
+    """Point @champion back at @previous_champion; the demoted version is marked rolled back."""
     from pipeline import registry
 
-    _print(_registry_call(lambda: registry.rollback(_load(params), root)))
+    _print(_registry_call(lambda: registry.rollback(_load(params), Paths(root))))
+
+
+@app.command()
+def checkout(version: str = typer.Option(..., "--version", help="registered version number"),
+             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Restore a version's dvc.lock, data.dvc, params.yaml and let DVC restore its data,
+    artifacts and model (`dvc pull` with a default remote, else `dvc checkout`). No git."""
+    from pipeline import registry
+
+    _print(_registry_call(lambda: registry.checkout(_load(params), Paths(root), version)))
 
 
 @app.command()

@@ -145,3 +145,17 @@ def tracking_server(root: Path, port: int) -> subprocess.Popen:
                "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"]
     return start_server(command, f"http://127.0.0.1:{port}/health", root / "server.log",
                         quiet_env())
+
+
+def named_params(root: Path, model: str, tracking_uri: str | None = None) -> Params:
+    """Params whose registered model is `model`: tests sharing one store stay apart."""
+    return parse_params({"registry": {
+        "tracking_uri": tracking_uri or f"sqlite:///{root / 'mlflow.db'}", "model_name": model}})
+
+
+def bare_versions(client, name: str, count: int) -> list[str]:
+    """Registered versions with no model behind them: enough for alias moves, which never load
+    the model (the gate that would is given its decision directly)."""
+    client.create_registered_model(name)
+    return [str(client.create_model_version(name, f"file:///nonexistent/{name}/{i}").version)
+            for i in range(count)]
