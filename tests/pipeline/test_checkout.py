@@ -20,7 +20,7 @@ from pipeline.cli import app
 from pipeline.params import load_params
 from pipeline.paths import Paths
 from pipeline.registry import lineage
-from tests.pipeline.registry_fixtures import clear_tracking_env, model_dirs
+from tests.pipeline.registry_fixtures import clear_tracking_env, migrated_store, model_dirs
 
 # The stage stands in for training: the tiny model plus a file that depends on data and params,
 # so each version's model has its own content hash.
@@ -76,6 +76,7 @@ def project(tmp_path, monkeypatch):
         "deps": ["data", "build_model.py"], "params": ["train.seed"],
         "outs": ["artifacts/model"]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
+    migrated_store(project / "mlflow.db")  # params name it relatively: sqlite:///mlflow.db
     sh("git", "init", "-q", cwd=project)
     sh("git", "config", "user.email", "test@example.invalid", cwd=project)
     sh("git", "config", "user.name", "test", cwd=project)
@@ -124,7 +125,7 @@ def test_checkout_restores_each_registered_version_on_a_fresh_workspace(project)
 def test_checkout_of_an_unknown_version_fails_in_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "params.yaml").write_text(json.dumps(
-        {"registry": {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"}}))
+        {"registry": {"tracking_uri": migrated_store(tmp_path / "m.db")}}))
     result = CliRunner().invoke(app, ["checkout", "--version", "7", "--params",
                                       str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
     assert result.exit_code == 1 and "version 7" in result.output.lower(), result.output

@@ -26,7 +26,7 @@ from tests.pipeline.registry_fixtures import (
     quiet_env, stop_server, tracking_server,
 )
 
-WINDOW_S = 0.4
+WINDOW_S = 1.0  # far longer than the scheduling jitter of a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +92,20 @@ def two_promotions(params, root, name):
     return client, (v1, v2, v3), outcomes
 
 
+def one_wins(outcomes) -> bool:
+    """Serialised: one promotion applied, the other refused by compare-and-set."""
+    won = [o for o in outcomes if isinstance(o, dict) and o["moved"]]
+    refused = [o for o in outcomes if isinstance(o, registry.RegistryError)
+               and str(o).startswith("refused: @champion of")]
+    return len(won) == 1 and len(refused) == 1
+
+
 @pytest.mark.usefixtures("wide_window")
 def test_two_promotions_at_once_exactly_one_wins(root):
     params = named_params(root, "race-two")
     client, (v1, v2, v3), outcomes = two_promotions(params, root, "race-two")
-    won = [o for o in outcomes if isinstance(o, dict)]
-    refused = [o for o in outcomes if isinstance(o, registry.RegistryError)]
-    assert len(won) == 1 and len(refused) == 1, outcomes
-    assert "refused: @champion of race-two is" in str(refused[0])
-    winner = won[0]["champion"]
+    assert one_wins(outcomes), outcomes
+    winner = next(o for o in outcomes if isinstance(o, dict))["champion"]
     loser = v3 if winner == v2 else v2
     assert aliases(client, "race-two") == {"champion": winner, "previous_champion": v1}
     assert client.get_model_version("race-two", winner).tags["promotion.previous_champion"] == v1
@@ -109,14 +114,14 @@ def test_two_promotions_at_once_exactly_one_wins(root):
 
 
 @pytest.mark.usefixtures("wide_window")
-def test_without_the_lock_both_promotions_succeed_and_one_is_silently_lost(root, monkeypatch):
-    """The check above has teeth: with the lock replaced by nothing, the same race lets both
-    promotions report success while only one of them is champion."""
+def test_without_the_lock_the_same_race_is_not_serialised(root, monkeypatch):
+    """The check above has teeth: with the lock replaced by nothing, both promotions pass the
+    champion check (both report success, or the read-back catches the other's write)."""
     monkeypatch.setattr(operations, "registry_lock", lambda *a, **k: contextlib.nullcontext())
     params = named_params(root, "race-unlocked")
-    client, _, outcomes = two_promotions(params, root, "race-unlocked")
-    assert all(isinstance(o, dict) and o["moved"] for o in outcomes), outcomes
-    assert len({o["champion"] for o in outcomes}) == 2  # two "winners", one champion
+    _, _, outcomes = two_promotions(params, root, "race-unlocked")
+    assert not one_wins(outcomes), outcomes
+    assert not any(str(o).startswith("refused:") for o in outcomes), outcomes
 
 
 @pytest.mark.usefixtures("wide_window")
@@ -186,6 +191,7 @@ def mmguard(*args, cwd):
                             env=quiet_env())
 
 
+@pytest.mark.slow  # two fresh interpreters importing mlflow
 def test_two_promote_processes_at_once(root):
     """Two real `mmguard promote --decision` processes on one SQLite store: one moves the
     champion, the other exits 1 with a one-line refusal."""
@@ -217,6 +223,7 @@ def tiny_model(tmp_path_factory):
     return model_dirs(tmp_path_factory.mktemp("tiny"), "hateful_memes", {"m": 1})["m"]
 
 
+@pytest.mark.slow  # two fresh interpreters importing mlflow and torch
 def test_register_twice_at_once_makes_one_version(root, tiny_model):
     """Two real `mmguard register` processes for the same model: one version, both report it,
     exactly one says it created it."""
@@ -235,7 +242,7 @@ def test_register_twice_at_once_makes_one_version(root, tiny_model):
     printed = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
     assert {p["version"] for p in printed} == {"1"}
     assert sorted(p["created"] for p in printed) == [False, True]
-    assert [v.version for v in client.search_model_versions("name = 'race-register'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'race-register'")] == ["1"]
     assert aliases(client, "race-register") == {"challenger": "1"}
 
 
@@ -247,10 +254,8 @@ def test_two_promotions_at_once_on_a_real_tracking_server(tmp_path):
     try:
         params = named_params(tmp_path, "race-server", tracking_uri=f"http://127.0.0.1:{port}")
         client, (v1, v2, v3), outcomes = two_promotions(params, tmp_path, "race-server")
-        won = [o for o in outcomes if isinstance(o, dict)]
-        assert len(won) == 1 and isinstance(
-            next(o for o in outcomes if not isinstance(o, dict)), registry.RegistryError)
-        assert aliases(client, "race-server") == {"champion": won[0]["champion"],
-                                                  "previous_champion": v1}
+        assert one_wins(outcomes), outcomes
+        winner = next(o for o in outcomes if isinstance(o, dict))["champion"]
+        assert aliases(client, "race-server") == {"champion": winner, "previous_champion": v1}
     finally:
         stop_server(server)
