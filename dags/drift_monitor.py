@@ -25,7 +25,7 @@ def check_drift(result: str) -> str:
 
 
 @task(task_id="announce_drift", outlets=[DRIFT_DETECTED])
-def announce_drift(result: str, *, outlet_events=None) -> None:
+def announce_drift(result: str, outlet_events=None) -> None:
     """Succeeding emits the Asset event that schedules mmguard_retrain."""
     checked = json.loads(result)
     for name in checked["drifted"]:

@@ -32,7 +32,8 @@ for dag_id, dag in bag.dags.items():
         "params": {k: dag.params[k] for k in dag.params.keys()},
         "tasks": {t.task_id: {
             "downstream": sorted(t.downstream_task_ids), "pool": t.pool, "queue": t.queue,
-            "retries": t.retries, "trigger_rule": str(t.trigger_rule),
+            "retries": t.retries,
+            "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
             "timeout_s": t.execution_timeout.total_seconds() if t.execution_timeout else None,
             "outlets": sorted(getattr(o, "name", str(o)) for o in t.outlets),
             "alerts": [type(c).__name__ for c in (t.on_failure_callback or [])],

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.params import parse_params
@@ -18,6 +19,9 @@ from pipeline.paths import Paths
 from pipeline.stages import train as train_stage
 from tests.model.shard_writer import write_shards
 from tests.project import BIN, ROOT, project_env
+
+# Two real trainings through DVC: the slow tier.
+pytestmark = pytest.mark.slow
 
 EPOCHS = 4
 KILL_AFTER = 1  # epochs 0 and 1 finish and are checkpointed before the kill
