@@ -74,9 +74,12 @@ def _batch(root: Path, name: str, rows: list[dict], shift: bool) -> None:
 
 
 def _test_rows(root: Path) -> list[dict]:
-    path = root / "data/synthetic/hateful_memes/test.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in rows if (path.parent / r["img"]).is_file()][:40]
+    """40 clean test items of the synthetic source (its planted defects left out)."""
+    folder = root / "data/synthetic/hateful_memes"
+    planted = json.loads((folder / "planted.json").read_text())
+    defects = {d["id"] for d in planted["defects"]}
+    rows = [json.loads(line) for line in (folder / "test.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["id"] not in defects][:40]
 
 
 def _set_params(root: Path, **sections) -> None:
