@@ -87,11 +87,77 @@ def fetch(source: str = typer.Option(..., "--source", help="synthetic, hateful_m
 
 @app.command()
 def run(params: Path = PARAMS_OPTION) -> None:
-    """The main job: fetch the embedded data if absent, `dvc repro`, print a summary."""
-    from pipeline import workflow
+    """The main job through Airflow: the retrain DAG once (`dag.test()`, SQLite metadata DB in
+    airflow_home/), then each task's state and duration, the gate decision and where to look."""
+    from pipeline.orchestration import local_airflow
 
-    code = workflow.run_all(_load(params))
-    raise typer.Exit(code)
+    _load(params)  # a bad params.yaml stops here, before Airflow starts
+    raise typer.Exit(local_airflow.run_retrain(Path(".").resolve()))
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="a stage of dvc.yaml")) -> None:
+    """Run one DVC stage alone (what each retrain-DAG task does): with a default DVC remote, pull
+    its inputs, `dvc repro --single-item NAME`, push its outputs; without one, just the repro."""
+    import subprocess
+
+    from pipeline.orchestration.stage_runner import run_stage
+
+    try:
+        run_stage(name)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    except subprocess.CalledProcessError as exc:
+        typer.secho(f"stage {name} failed: {' '.join(exc.cmd[2:])} exited {exc.returncode}",
+                    fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def land(sources: list[str] = typer.Argument(None, help="sources to use (none: params.yaml's "
+                                             "ingest.sources)"),
+         params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Pick the sources ingest reads (sets params.yaml ingest.sources, as `dvc exp run -S` would;
+    batches in data/incoming/ always join) and fetch each of them."""
+    from pipeline.orchestration.sources import land as land_sources
+
+    try:
+        chosen = land_sources(list(sources or []), params, root)
+    except (StageFailed, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"land failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"sources": chosen}))
+
+
+monitor_app = typer.Typer(no_args_is_help=True, help="The drift monitor's steps.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("incoming")
+def monitor_incoming(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Check each new batch in data/incoming/ for drift against the champion's training data;
+    the last line printed is the JSON result {"batches": {...}, "drifted": [...]}."""
+    from pipeline.orchestration import incoming
+
+    try:
+        result = incoming.check_new_batches(_load(params), Paths(root), params)
+    except StageFailed as exc:
+        typer.secho(f"drift monitor failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result))
+
+
+@monitor_app.command("reference")
+def monitor_reference(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Snapshot the clean manifest's reference split as the champion's drift reference."""
+    from pipeline.orchestration import incoming
+
+    try:
+        incoming.save_reference(_load(params), Paths(root))
+    except StageFailed as exc:
+        typer.secho(f"drift reference failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 ALLOW_ROLLED_BACK = typer.Option(False, "--allow-rolled-back",

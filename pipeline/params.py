@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 Task = Literal["hateful_memes", "moderation7"]
 Split = Literal["train", "val", "test"]
-SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco"]
+SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco", "incoming"]
 
 
 class Section(BaseModel):
@@ -214,6 +214,36 @@ class RegistryParams(Section):
     gate: GateParams = GateParams()
 
 
+class StageTaskParams(Section):
+    """One Airflow task's limits; unset keys fall back to the `airflow` section's defaults."""
+
+    retries: int | None = Field(None, ge=0)
+    execution_timeout_min: float | None = Field(None, gt=0)
+
+
+class AirflowParams(Section):
+    """How the retrain DAG runs each DVC stage (read when Airflow parses the DAG)."""
+
+    retries: int = Field(1, ge=0)
+    retry_delay_s: int = Field(60, ge=0)
+    execution_timeout_min: float = Field(60, gt=0)
+    # Per DVC stage overrides, e.g. train: {retries: 2, execution_timeout_min: 240}.
+    stages: dict[str, StageTaskParams] = Field(default_factory=dict)
+    # Stages that need a GPU run in the `gpu` pool and on the `gpu` queue (Celery GPU workers);
+    # the pool's slots bound how many of them run at once.
+    gpu_stages: tuple[str, ...] = ("train",)
+    gpu_pool_slots: int = Field(1, ge=1)
+    # Failure e-mails go through this Airflow connection when it exists (else a log line).
+    smtp_conn_id: str = "smtp_default"
+    alert_to: tuple[str, ...] = ()
+
+    def for_stage(self, name: str) -> tuple[int, float]:
+        own = self.stages.get(name, StageTaskParams())
+        return (self.retries if own.retries is None else own.retries,
+                self.execution_timeout_min if own.execution_timeout_min is None
+                else own.execution_timeout_min)
+
+
 class Params(Section):
     task: Task = "hateful_memes"
     synthetic: SyntheticParams = SyntheticParams()
@@ -229,6 +259,7 @@ class Params(Section):
     checks: ChecksParams = ChecksParams()
     drift: DriftParams = DriftParams()
     registry: RegistryParams = RegistryParams()
+    airflow: AirflowParams = AirflowParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

@@ -29,6 +29,7 @@ SOURCE_TASKS: dict[str, tuple[str, ...]] = {
     "mmhs150k": ("moderation7",),
     "fakeddit": ("moderation7",),
     "coco": ("moderation7",),
+    "incoming": ("hateful_memes", "moderation7"),  # batches carry labels of params.task
 }
 
 # Fakeddit's 6_way_label values, in Fakeddit's own order, are the first six moderation7 classes.
@@ -100,7 +101,7 @@ def map_label(source: str, raw_label: Any, task: str) -> tuple[int, str]:
             raise UnknownLabel(f"6_way_label {raw_label!r} is outside 0..5")
     elif source == "coco":
         index = 0  # captions describe their image: True/Neutral
-    else:  # synthetic and hateful_memes give an index or a class name of the task itself
+    else:  # synthetic, hateful_memes and incoming give an index or a class name of the task itself
         index = _by_name(task, raw_label)
     return index, class_names(task)[index]
 

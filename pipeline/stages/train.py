@@ -5,7 +5,7 @@ model name or a missing weights file fails here), and only then is any sample re
 Under torchrun every rank runs this; rank 0 alone logs to MLflow and writes files.
 
 Writes: artifacts/model/ (save_model), artifacts/train/{metrics.json, history.csv,
-mlflow_run.json, stats.json, checkpoints/}.
+mlflow_run.json, stats.json}, and checkpoints in artifacts/scratch/checkpoints/.
 """
 from __future__ import annotations
 
@@ -34,7 +34,10 @@ STAGE = "train"
 
 
 def checkpoint_dir(paths: Paths) -> Path:
-    return paths.train_dir / "checkpoints"
+    """Scratch space outside every DVC out (and git- and dvc-ignored): `dvc repro` never deletes
+    it, so a killed or retried train task resumes after its last finished epoch, and the train
+    stage needs no `persist` out, which would switch DVC's run-cache off."""
+    return paths.artifacts / "scratch" / "checkpoints"
 
 
 def params_hash(params: Params, sizes: dict) -> str:
