@@ -95,6 +95,8 @@ class IngestParams(Section):
     sources: tuple[SourceName, ...] = ("synthetic",)
     max_text_chars: int = Field(1000, ge=16)
     max_image_pixels: int = Field(40_000_000, ge=1024)  # decompression-bomb guard
+    # Image files above this are quarantined (file_too_large) before a byte is read.
+    max_image_bytes: int = Field(50 * 2**20, ge=1024)
     min_image_side: int = Field(16, ge=1)
     # Sources without splits are split by a hash of the id with these fractions.
     splits: SplitFractions = SplitFractions()
