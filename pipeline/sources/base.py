@@ -63,9 +63,9 @@ def _bounded_int(literal: str) -> int | str:
     return int(literal) if len(literal.lstrip("-")) <= MAX_INT_DIGITS else literal
 
 
-def loads_json(text: str | bytes) -> Any:
+def loads_json(text: str | bytes, **options: Any) -> Any:
     """json.loads for data from outside: an absurdly long integer stays a string (the label
     mapping then rejects it) instead of raising ValueError from deep inside the parser.
     Raises ValueError (JSONDecodeError included) or RecursionError for input that cannot be
     parsed."""
-    return json.loads(text, parse_int=_bounded_int)
+    return json.loads(text, parse_int=_bounded_int, **options)
