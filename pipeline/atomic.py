@@ -64,6 +64,7 @@ def directory(dest: str | Path) -> Iterator[Path]:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent))
+    staging.chmod(0o755)  # mkdtemp's 0o700 would outlive the rename
     try:
         yield staging
         if dest.exists():

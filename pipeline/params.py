@@ -216,6 +216,12 @@ class RegistryParams(Section):
     gate: GateParams = GateParams()
 
 
+class ServingParams(Section):
+    # Caps of the served model; text length and image size/pixels reuse ingest's limits.
+    max_rows: int = Field(1000, ge=1)  # rows per request
+    max_request_bytes: int = Field(32 * 2**20, ge=1024)  # image + text data of one request
+
+
 class Params(Section):
     task: Task = "hateful_memes"
     synthetic: SyntheticParams = SyntheticParams()
@@ -231,6 +237,7 @@ class Params(Section):
     checks: ChecksParams = ChecksParams()
     drift: DriftParams = DriftParams()
     registry: RegistryParams = RegistryParams()
+    serving: ServingParams = ServingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())
