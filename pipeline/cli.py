@@ -236,6 +236,9 @@ def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
             input_file: Path = typer.Option(..., "--input", help=".jsonl or .parquet of image, text"),
             output_file: Path = typer.Option(..., "--output", help=".parquet or .jsonl to write"),
             batch_size: int = typer.Option(64, "--batch-size", min=1),
+            images_dir: Path | None = typer.Option(
+                None, "--images-dir", help="folder every image path must lie in (default: the "
+                "input file's folder)"),
             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
     """Batch inference over a file; bad rows are reported in the output, not fatal."""
     import mlflow
@@ -243,11 +246,14 @@ def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
     from pipeline import tracking
     from pipeline.predict import PredictError, predict_file
 
-    uri = tracking.tracking_uri(_load(params), root)
+    loaded = _load(params)
+    uri = tracking.tracking_uri(loaded, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    folder = images_dir if images_dir is not None else input_file.resolve().parent
     try:
-        _print(predict_file(model, input_file, output_file, batch_size))
+        _print(predict_file(model, input_file, output_file, folder,
+                            loaded.ingest.max_image_bytes, batch_size))
     except PredictError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None

@@ -95,6 +95,8 @@ class IngestParams(Section):
     sources: tuple[SourceName, ...] = ("synthetic",)
     max_text_chars: int = Field(1000, ge=16)
     max_image_pixels: int = Field(40_000_000, ge=1024)  # decompression-bomb guard
+    # Image files above this are quarantined (file_too_large) before a byte is read.
+    max_image_bytes: int = Field(50 * 2**20, ge=1024)
     min_image_side: int = Field(16, ge=1)
     # Sources without splits are split by a hash of the id with these fractions.
     splits: SplitFractions = SplitFractions()
@@ -242,6 +244,10 @@ class AirflowParams(Section):
         return (self.retries if own.retries is None else own.retries,
                 self.execution_timeout_min if own.execution_timeout_min is None
                 else own.execution_timeout_min)
+class ServingParams(Section):
+    # Caps of the served model; text length and image size/pixels reuse ingest's limits.
+    max_rows: int = Field(1000, ge=1)  # rows per request
+    max_request_bytes: int = Field(32 * 2**20, ge=1024)  # image + text data of one request
 
 
 class Params(Section):
@@ -260,6 +266,7 @@ class Params(Section):
     drift: DriftParams = DriftParams()
     registry: RegistryParams = RegistryParams()
     airflow: AirflowParams = AirflowParams()
+    serving: ServingParams = ServingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

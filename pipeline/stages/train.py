@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from pipeline import tracking
+from pipeline import atomic, tracking
 from pipeline.errors import StageFailed
 from pipeline.model import build_model, count_parameters, save_model, total_loss
 from pipeline.model import data, training
@@ -197,7 +197,7 @@ def _write_outputs(params, paths, model, result, counts, device, dist, steps, ru
         "skipped_val": sum(r["skipped_val"] for r in result.history),
         "samples_val": last["samples_val"],
     }
-    (paths.train_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic.write_json(paths.train_dir / "metrics.json", metrics)
     write_history(result.history, paths.train_dir / "history.csv")
     tracking.write_run_info(run_info, paths.train_dir / "mlflow_run.json")
     mlflow.log_metrics({f"best_{k}": v for k, v in metrics["best"].items() if v is not None})
@@ -207,5 +207,5 @@ def _write_outputs(params, paths, model, result, counts, device, dist, steps, ru
              "world_size": dist.world_size, "steps_per_epoch": steps,
              "parameters": counts, "resumed_from_epoch": result.resumed_from,
              "global_steps": result.global_step, **metrics, "mlflow": run_info}
-    paths.stats(STAGE).write_text(json.dumps(stats, indent=2) + "\n")
+    atomic.write_json(paths.stats(STAGE), stats)
     return stats
