@@ -239,10 +239,11 @@ def test_register_twice_at_once_makes_one_version(root, tiny_model):
                          cwd=project) for _ in range(2)]
     results = [(p.wait(timeout=600), *p.communicate()) for p in processes]
     assert [code for code, _, _ in results] == [0, 0], results
-    printed = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    printed = [json.loads(out) for _, out, _ in results]  # stdout is the JSON alone
     assert {p["version"] for p in printed} == {"1"}
     assert sorted(p["created"] for p in printed) == [False, True]
-    assert [str(v.version) for v in client.search_model_versions("name = 'race-register'")] == ["1"]
+    found = client.search_model_versions("name = 'race-register'")
+    assert [str(v.version) for v in found] == ["1"]
     assert aliases(client, "race-register") == {"challenger": "1"}
 
 
