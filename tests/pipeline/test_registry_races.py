@@ -124,17 +124,22 @@ def test_without_the_lock_the_same_race_is_not_serialised(root, monkeypatch):
     assert not any(str(o).startswith("refused:") for o in outcomes), outcomes
 
 
+def replaced_champion(root, name):
+    """Three bare versions of `name`: v2 is champion, having replaced v1; v3 waits."""
+    params, paths = named_params(root, name), Paths(root)
+    client = client_of(params)
+    v1, v2, v3 = bare_versions(client, name, 3)
+    registry.apply_decision(params, paths, decision(name, v1, None))
+    registry.apply_decision(params, paths, decision(name, v2, v1))
+    return params, paths, client, (v1, v2, v3)
+
+
 @pytest.mark.usefixtures("wide_window")
 def test_promote_during_rollback_serialises(root):
     """v2 replaced v1; the gate passed v3 against v2. Rollback and that promotion at once end
     in one of the two serial outcomes, never a mix."""
-    params = named_params(root, "race-rollback")
     name = "race-rollback"
-    client = client_of(params)
-    v1, v2, v3 = bare_versions(client, name, 3)
-    paths = Paths(root)
-    registry.apply_decision(params, paths, decision(name, v1, None))
-    registry.apply_decision(params, paths, decision(name, v2, v1))
+    params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     back, promoted = run_together(lambda: registry.rollback(params, paths),
                                   lambda: registry.apply_decision(params, paths,
                                                                   decision(name, v3, v2)))
@@ -153,13 +158,8 @@ def test_promote_during_rollback_serialises(root):
 
 def test_a_decision_is_refused_after_a_rollback_moved_the_champion(root):
     """The usual order: the gate scored v3 against v2, then someone rolled back to v1."""
-    params = named_params(root, "race-stale")
     name = "race-stale"
-    client = client_of(params)
-    v1, v2, v3 = bare_versions(client, name, 3)
-    paths = Paths(root)
-    registry.apply_decision(params, paths, decision(name, v1, None))
-    registry.apply_decision(params, paths, decision(name, v2, v1))
+    params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     registry.rollback(params, paths)
     with pytest.raises(registry.RegistryError, match=f"is {v1} now.*against {v2}; nothing moved"):
         registry.apply_decision(params, paths, decision(name, v3, v2))
