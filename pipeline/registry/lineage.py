@@ -131,9 +131,11 @@ def log_repro_files(paths: Paths, content: str, params_file: Path | None = None)
 
 # ---------------------------------------------------------------- checkout
 
-def _dvc(root: Path, *args: str) -> str:
+def _dvc(root: Path, *args: str, check: bool = True) -> str:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, text=True,
                             capture_output=True, env=os.environ | {"DVC_NO_ANALYTICS": "1"})
+    if not check:
+        return result.stdout.strip() if result.returncode == 0 else ""
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["(no output)"]
         raise RegistryError(f"`dvc {' '.join(args)}` failed: {lines[-1]}")
@@ -176,6 +178,7 @@ def restore_files(client, uri: str, version, root: Path) -> list[str]:
 def dvc_restore(root: Path) -> str:
     """`dvc pull` when a default remote is configured (a fresh clone has no cache), else
     `dvc checkout` from the local cache. Returns the command that ran."""
-    command = "pull" if _dvc(root, "remote", "default") else "checkout"
+    # `dvc remote default` exits 1 when none is set
+    command = "pull" if _dvc(root, "remote", "default", check=False) else "checkout"
     _dvc(root, command)
     return command

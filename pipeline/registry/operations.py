@@ -13,6 +13,7 @@ re-reading the aliases it depends on, so concurrent operations serialise:
 from __future__ import annotations
 
 import base64
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,15 +96,16 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
                 # a concurrent register of the same model may have won while we logged it
                 existing = _version_with_content(client, name, content)
                 if existing is None:
-                    version = client.create_model_version(
-                        name, info.model_uri, run_id=run.info.run_id, tags=tags)
+                    version = mlflow.register_model(info.model_uri, name, tags=tags)
                     existing, created = version, True
                 else:
                     created = False
                 set_alias_verified(client, name, CHALLENGER, str(existing.version))
             result = {"version": str(existing.version), "created": created}
+    # stderr: the CLI's stdout carries only the JSON result, for the DAG to parse
     print(f"{'registered' if result['created'] else 'already registered:'} {name} version "
-          f"{result['version']} as @{CHALLENGER} (checks.passed={tags['checks.passed']})")
+          f"{result['version']} as @{CHALLENGER} (checks.passed={tags['checks.passed']})",
+          file=sys.stderr)
     return result
 
 

@@ -113,27 +113,25 @@ def _missing(exc) -> bool:
         "not found" in str(exc).lower()
 
 
-def alias_version(client, name: str, alias: str):
-    """The ModelVersion an alias points at, or None when the alias (or model) does not exist."""
+def _or_none(call, *args):
+    """call(*args), or None when what it reads does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, alias)
+        return call(*args)
     except MlflowException as exc:
         if _missing(exc):
             return None
         raise
+
+
+def alias_version(client, name: str, alias: str):
+    """The ModelVersion an alias points at, or None when the alias (or model) does not exist."""
+    return _or_none(client.get_model_version_by_alias, name, alias)
 
 
 def version_or_none(client, name: str, version: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        if _missing(exc):
-            return None
-        raise
+    return _or_none(client.get_model_version, name, version)
 
 
 def alias_number(client, name: str, alias: str) -> str | None:
@@ -153,14 +151,8 @@ def ensure_model(client, name: str) -> None:
 
 
 def _lock_tags(client, lock: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return dict(client.get_registered_model(lock).tags)
-    except MlflowException as exc:
-        if _missing(exc):
-            return None
-        raise
+    model = _or_none(client.get_registered_model, lock)
+    return None if model is None else dict(model.tags)
 
 
 def _busy(exc) -> bool:
@@ -203,16 +195,9 @@ def registry_lock(client, name: str, wait_s: float = LOCK_WAIT_S, ttl_s: float =
 
 def _release(client, lock: str, owner: str | None) -> None:
     """Delete the lock if `owner` still holds it (not one that someone else took since)."""
-    from mlflow.exceptions import MlflowException
-
     tags = _lock_tags(client, lock)
-    if tags is None or tags.get("lock.owner") != owner:
-        return
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as exc:
-        if not _missing(exc):
-            raise
+    if tags is not None and tags.get("lock.owner") == owner:
+        _or_none(client.delete_registered_model, lock)  # gone already: fine
 
 
 def set_alias_verified(client, name: str, alias: str, version: str) -> None:

@@ -112,7 +112,16 @@ def test_checkout_restores_each_registered_version_on_a_fresh_workspace(project)
         assert lineage.content_hash(Paths(project).model_dir) == wanted["model"]
         dvc("status", "--quiet", cwd=project)  # exit 0: workspace matches the restored dvc.lock
 
-    # it never commits: HEAD is where it was, and git shows the restored files as changes
+    # without a default remote it restores from the local cache (both versions are in it now)
+    dvc("remote", "default", "--unset", cwd=project)
+    result = CliRunner().invoke(app, ["checkout", "--version", first["version"], "--params",
+                                      str(project / "params.yaml"), "--root", str(project)])
+    assert result.exit_code == 0, result.output
+    assert '"dvc": "checkout"' in result.output
+    assert (project / "data" / "notes.txt").read_text() == first["notes"]
+    assert lineage.content_hash(Paths(project).model_dir) == first["model"]
+
+    # it never commits: HEAD is where it was
     assert sh("git", "rev-parse", "HEAD", cwd=project) == head
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}",
                           registry_uri=f"sqlite:///{project / 'mlflow.db'}")

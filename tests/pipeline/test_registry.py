@@ -248,3 +248,63 @@ def test_cli_reports_registry_errors_in_one_line(tmp_path, monkeypatch):
                                           "--root", str(tmp_path)])
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_cli_contract_register_gate_promote(project, models):
+    """What the DAG relies on: register prints {"version", "created"}; gate --out writes the
+    decision and exits 0 either way; promote --decision applies it with compare-and-set."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    params = project_params(project.root, TASK)
+    params_file = project.root / "params.yaml"
+    params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
+    client, name = store(params.registry.tracking_uri), registry.model_name(params)
+
+    def mmguard(*args):
+        return CliRunner().invoke(app, [*args, "--params", str(params_file),
+                                        "--root", str(project.root)])
+
+    def gate_file(label):
+        out = project.root / f"{label}.json"
+        result = mmguard("gate", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        decision = json.loads(out.read_text())
+        assert all(reason in result.stdout for reason in decision["reasons"])  # printed too
+        return out, decision
+
+    install_candidate(project, models["weak"])
+    first, again = mmguard("register"), mmguard("register")
+    assert json.loads(first.stdout) == {"version": "1", "created": True}, first.output
+    assert json.loads(again.stdout) == {"version": "1", "created": False}, again.output
+    path1, d1 = gate_file("d1")
+    assert (d1["decision"], d1["name"], d1["challenger"], d1["champion_seen"]) == (
+        "promote", name, "1", None)
+    assert mmguard("promote", "--decision", str(path1)).exit_code == 0
+    assert aliases(client, name)["champion"] == "1"
+
+    install_candidate(project, models["good"])
+    assert json.loads(mmguard("register").stdout) == {"version": "2", "created": True}
+    path2, d2 = gate_file("d2")
+    assert d2["decision"] == "promote" and d2["champion_seen"] == "1"
+    # a stale decision (scored when there was no champion) is refused, in one line
+    stale = mmguard("promote", "--decision", str(path1))
+    assert stale.exit_code == 1 and stale.output.startswith("refused: @champion of")
+    assert stale.output.count("\n") == 1 and aliases(client, name)["champion"] == "1"
+    assert mmguard("promote", "--decision", str(path2)).exit_code == 0
+    assert aliases(client, name) == {"challenger": "2", "champion": "2", "previous_champion": "1"}
+
+    install_candidate(project, models["weak"])
+    assert json.loads(mmguard("register").stdout) == {"version": "1", "created": False}
+    path3, d3 = gate_file("d3")  # a refusal is a normal outcome: exit 0 ...
+    assert d3["decision"] == "keep" and any(r.startswith("FAIL: auroc") for r in d3["reasons"])
+    tags = client.get_model_version(name, "1").tags
+    assert tags["gate.decision"] == "keep" and tags["gate.reasons"] == " | ".join(d3["reasons"])
+    assert mmguard("promote", "--decision", str(path3)).exit_code == 0  # ... and moves nothing
+    assert aliases(client, name)["champion"] == "2"
+    assert mmguard("promote").exit_code == 1  # plain promote keeps its exit code for scripts
+    broken = project.root / "broken.json"
+    broken.write_text("{}")
+    result = mmguard("promote", "--decision", str(broken))
+    assert result.exit_code == 1 and "not a gate decision" in result.output

@@ -124,17 +124,22 @@ def test_without_the_lock_the_same_race_is_not_serialised(root, monkeypatch):
     assert not any(str(o).startswith("refused:") for o in outcomes), outcomes
 
 
+def replaced_champion(root, name):
+    """Three bare versions of `name`: v2 is champion, having replaced v1; v3 waits."""
+    params, paths = named_params(root, name), Paths(root)
+    client = client_of(params)
+    v1, v2, v3 = bare_versions(client, name, 3)
+    registry.apply_decision(params, paths, decision(name, v1, None))
+    registry.apply_decision(params, paths, decision(name, v2, v1))
+    return params, paths, client, (v1, v2, v3)
+
+
 @pytest.mark.usefixtures("wide_window")
 def test_promote_during_rollback_serialises(root):
     """v2 replaced v1; the gate passed v3 against v2. Rollback and that promotion at once end
     in one of the two serial outcomes, never a mix."""
-    params = named_params(root, "race-rollback")
     name = "race-rollback"
-    client = client_of(params)
-    v1, v2, v3 = bare_versions(client, name, 3)
-    paths = Paths(root)
-    registry.apply_decision(params, paths, decision(name, v1, None))
-    registry.apply_decision(params, paths, decision(name, v2, v1))
+    params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     back, promoted = run_together(lambda: registry.rollback(params, paths),
                                   lambda: registry.apply_decision(params, paths,
                                                                   decision(name, v3, v2)))
@@ -153,13 +158,8 @@ def test_promote_during_rollback_serialises(root):
 
 def test_a_decision_is_refused_after_a_rollback_moved_the_champion(root):
     """The usual order: the gate scored v3 against v2, then someone rolled back to v1."""
-    params = named_params(root, "race-stale")
     name = "race-stale"
-    client = client_of(params)
-    v1, v2, v3 = bare_versions(client, name, 3)
-    paths = Paths(root)
-    registry.apply_decision(params, paths, decision(name, v1, None))
-    registry.apply_decision(params, paths, decision(name, v2, v1))
+    params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     registry.rollback(params, paths)
     with pytest.raises(registry.RegistryError, match=f"is {v1} now.*against {v2}; nothing moved"):
         registry.apply_decision(params, paths, decision(name, v3, v2))
@@ -239,10 +239,11 @@ def test_register_twice_at_once_makes_one_version(root, tiny_model):
                          cwd=project) for _ in range(2)]
     results = [(p.wait(timeout=600), *p.communicate()) for p in processes]
     assert [code for code, _, _ in results] == [0, 0], results
-    printed = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    printed = [json.loads(out) for _, out, _ in results]  # stdout is the JSON alone
     assert {p["version"] for p in printed} == {"1"}
     assert sorted(p["created"] for p in printed) == [False, True]
-    assert [str(v.version) for v in client.search_model_versions("name = 'race-register'")] == ["1"]
+    found = client.search_model_versions("name = 'race-register'")
+    assert [str(v.version) for v in found] == ["1"]
     assert aliases(client, "race-register") == {"challenger": "1"}
 
 
