@@ -73,10 +73,10 @@ def run_dag(root: Path, dag_id: str, conf: dict | None = None) -> dict:
 
 
 def report(result: dict, root: Path) -> str:
-    lines = ["", f"{result['dag_id']}: {result['state']}", f"  {'task':<16}{'state':<11}seconds"]
+    lines = ["", f"{result['dag_id']}: {result['state']}", f"  {'task':<16}{'state':<17}seconds"]
     for ti in result["tasks"]:
         seconds = "" if ti["duration"] is None else f"{ti['duration']:.1f}"
-        lines.append(f"  {ti['task_id']:<16}{ti['state']:<11}{seconds}")
+        lines.append(f"  {ti['task_id']:<16}{ti['state']:<17}{seconds}")
     decision = root / "artifacts" / "gate" / "decision.json"
     if decision.exists():
         gate = json.loads(decision.read_text())
