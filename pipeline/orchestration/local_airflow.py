@@ -9,7 +9,6 @@ and create the `gpu` pool with `airflow.gpu_pool_slots` slots.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
