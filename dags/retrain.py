@@ -42,8 +42,10 @@ def with_remote(command: str, otherwise: str) -> str:
 @task.branch(task_id="gate")
 def gate() -> str:
     """`mmguard gate` decides and tags the challenger; the branch follows its decision."""
-    subprocess.run(["mmguard", "gate", "--out", GATE_DECISION], cwd=PROJECT_DIR,
-                   env={**os.environ, **project_env()}, check=True)
+    done = subprocess.run(["mmguard", "gate", "--out", GATE_DECISION], cwd=PROJECT_DIR,
+                          env={**os.environ, **project_env()}, capture_output=True, text=True)
+    print(done.stdout + done.stderr)  # into the task log, whatever the worker does with fd 1
+    done.check_returncode()
     decision = json.loads((PROJECT_DIR / GATE_DECISION).read_text())
     print(f"gate decision for {decision['name']} v{decision['challenger']} "
           f"(champion seen: {decision['champion_seen']}): {decision['decision']}")
