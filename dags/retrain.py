@@ -1,4 +1,4 @@
-"""mmguard_retrain: fetch → track → one task per DVC stage → register → gate → promote or keep.
+"""mmguard_retrain: fetch → track → one task per DVC stage → register → gate → promote | keep.
 
 The stage tasks and their edges are dvc.yaml's stage graph, read when the DAG is parsed
 (pipeline/orchestration/dvc_graph.py): adding a stage to dvc.yaml adds a task. Each runs only its
@@ -34,11 +34,18 @@ if unknown:
     raise ValueError(f"params.yaml airflow.stages names stages not in dvc.yaml: {unknown}")
 
 
+def with_remote(command: str, otherwise: str) -> str:
+    return (f'if dvc remote default >/dev/null 2>&1; then {command}; '
+            f'else echo "{otherwise}"; fi')
+
+
 @task.branch(task_id="gate")
 def gate() -> str:
     """`mmguard gate` decides and tags the challenger; the branch follows its decision."""
-    subprocess.run(["mmguard", "gate", "--out", GATE_DECISION], cwd=PROJECT_DIR,
-                   env={**os.environ, **project_env()}, check=True)
+    done = subprocess.run(["mmguard", "gate", "--out", GATE_DECISION], cwd=PROJECT_DIR,
+                          env={**os.environ, **project_env()}, capture_output=True, text=True)
+    print(done.stdout + done.stderr)  # into the task log, whatever the worker does with fd 1
+    done.check_returncode()
     decision = json.loads((PROJECT_DIR / GATE_DECISION).read_text())
     print(f"gate decision for {decision['name']} v{decision['challenger']} "
           f"(champion seen: {decision['champion_seen']}): {decision['decision']}")
@@ -84,7 +91,9 @@ with DAG(
 ) as dag:
     fetch = project_command("fetch", "mmguard land $SOURCES",
                             env={"SOURCES": "{{ params.source | join(' ') }}"}, retries=2)
-    track_data = project_command("track_data", f"{DVC} add data")
+    # With a DVC remote the data goes there at once: a stage task on another machine pulls it.
+    track_data = project_command("track_data", f"{DVC} add data\n" + with_remote(
+        f"{DVC} push data.dvc", "no default DVC remote: data stays in this workspace"))
     fetch >> track_data
 
     stage_tasks = {}
@@ -113,7 +122,6 @@ with DAG(
     # With a DVC remote configured (S3/MinIO in docker/compose.yaml) the data and every stage's
     # outputs are pushed so another machine can `mmguard checkout --version N` this exact run.
     push = project_command(
-        "push",
-        f'if dvc remote default >/dev/null 2>&1; then {DVC} push; '
-        'else echo "no default DVC remote: nothing to push"; fi', trigger_rule=RECORD)
+        "push", with_remote(f"{DVC} push", "no default DVC remote: nothing to push"),
+        trigger_rule=RECORD)
     [promote, dag.get_task("keep_champion")] >> push >> summary()

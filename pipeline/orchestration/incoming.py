@@ -54,6 +54,8 @@ def new_batches(paths: Paths) -> list[Path]:
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
+    if dest.exists():  # the store is content-addressed: rows sharing an image share its file
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, dest)

@@ -3,19 +3,17 @@
 Airflow reads its configuration when first imported, so the run happens in a child process
 (`pipeline.orchestration.dag_run`) whose environment points AIRFLOW_HOME at `airflow_home/` in the
 project: the metadata DB is the SQLite file `airflow_home/airflow.db`, the DAGs are the project's
-`dags/`. The set-up is the project's Airflow set-up for any deployment: migrate the metadata DB
-and create the `gpu` pool with `airflow.gpu_pool_slots` slots.
+`dags/`. The child first does the project's Airflow set-up (dag_run.set_up): migrate the metadata
+DB and create the `gpu` pool with `airflow.gpu_pool_slots` slots.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.orchestration.stage_runner import dvc_env
-from pipeline.params import load_params
 
 PACKAGE_DAGS = Path(__file__).resolve().parents[2] / "dags"
 RETRAIN = "mmguard_retrain"
@@ -40,21 +38,6 @@ def airflow_env(root: Path) -> dict[str, str]:
     return env
 
 
-def set_up(root: Path) -> None:
-    """Metadata DB up to date and the `gpu` pool in place (both idempotent)."""
-    env = airflow_env(root)
-    (root / "airflow_home").mkdir(exist_ok=True)
-    airflow = str(Path(sys.executable).parent / "airflow")
-    slots = load_params(root / "params.yaml").airflow.gpu_pool_slots
-    for command in ([airflow, "db", "migrate"],
-                    [airflow, "pools", "set", "gpu", str(slots),
-                     "GPU stages of mmguard_retrain (params airflow.gpu_pool_slots)"]):
-        done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[1:])} failed:\n{done.stdout[-2000:]}"
-                               f"{done.stderr[-2000:]}")
-
-
 def run_dag(root: Path, dag_id: str, conf: dict | None = None) -> dict:
     """One `dag.test()` run in a child process; its task logs stream to this console."""
     result = None
@@ -73,10 +56,10 @@ def run_dag(root: Path, dag_id: str, conf: dict | None = None) -> dict:
 
 
 def report(result: dict, root: Path) -> str:
-    lines = ["", f"{result['dag_id']}: {result['state']}", f"  {'task':<16}{'state':<11}seconds"]
+    lines = ["", f"{result['dag_id']}: {result['state']}", f"  {'task':<16}{'state':<17}seconds"]
     for ti in result["tasks"]:
         seconds = "" if ti["duration"] is None else f"{ti['duration']:.1f}"
-        lines.append(f"  {ti['task_id']:<16}{ti['state']:<11}{seconds}")
+        lines.append(f"  {ti['task_id']:<16}{ti['state']:<17}{seconds}")
     decision = root / "artifacts" / "gate" / "decision.json"
     if decision.exists():
         gate = json.loads(decision.read_text())
@@ -99,7 +82,7 @@ def report(result: dict, root: Path) -> str:
 
 def run_retrain(root: Path) -> int:
     root = root.resolve()
-    set_up(root)
+    (root / "airflow_home").mkdir(exist_ok=True)
     result = run_dag(root, RETRAIN)
     print(report(result, root), flush=True)
     return 0 if result["state"] == "success" else 1

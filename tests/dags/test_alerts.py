@@ -57,8 +57,9 @@ def test_failing_task_fires_the_notifier(tmp_path, migrated_db):
     (dags / "failing.py").write_text(FAILING_DAGS)
     port = _free_port()
     result = run_child(RUN, REPO, tmp_path / "home", str(port), dags=dags, db=migrated_db,
-                       extra_env={"AIRFLOW_CONN_SMTP_TEST": f"smtp://127.0.0.1:{port}?"
-                                  "disable_tls=true&disable_ssl=true&from_email=mmguard@example.com"})
+                       extra_env={"AIRFLOW_CONN_SMTP_TEST": (
+                           f"smtp://127.0.0.1:{port}?disable_tls=true&disable_ssl=true"
+                           "&from_email=mmguard@example.com")})
     assert result["errors"] == {}
     assert result["states"] == {"fails_quietly": {"boom": "failed"},
                                 "fails_by_mail": {"boom": "failed"}}

@@ -69,3 +69,24 @@ def test_writing_the_sources_changes_only_that_key(project):
     assert after == original
     # every other line is byte-identical: only the sources list grew
     assert len(params.read_text().splitlines()) == len(before.splitlines()) + 1
+
+
+def _write_batch(folder, lines):
+    (folder / "img").mkdir(parents=True)
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_incoming_batches_keep_ids_apart_and_report_bad_lines(tmp_path):
+    from pipeline.sources import incoming
+
+    line = json.dumps({"id": "7", "img": "img/7.png", "text": "hi", "label": "hateful"})
+    _write_batch(tmp_path / "b2", [line, "{not json"])
+    _write_batch(tmp_path / "b1", [line])
+    _write_batch(tmp_path / ".landing", [line])  # still being copied in: not a batch yet
+    records = list(incoming.read(tmp_path, "hateful_memes"))
+    assert [r.source_id for r in records] == ["b1/7", "b2/7", "b2/train.jsonl:2"]
+    assert records[-1].problem.startswith("malformed_json")
+    assert {r.source for r in records} == {"incoming"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no <split>.jsonl"):
+        list(incoming.read_batch(tmp_path / "empty", "hateful_memes"))

@@ -12,7 +12,6 @@ One project and one metadata DB serve every assertion; this is the expensive DAG
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
