@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.model import metrics
+from pipeline import metrics
 
 Level = Literal["error", "warning"]
 

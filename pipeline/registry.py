@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -153,27 +152,8 @@ def _client(params: Params, root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
-@contextmanager
-def using_store(uri: str):
-    """Point MLflow's process-wide tracking and registry URIs at `uri` for one operation (the
-    fluent log/register/load calls read them), then put them back. mlflow.set_tracking_uri also
-    exports MLFLOW_TRACKING_URI, which would otherwise override params.registry.tracking_uri for
-    everything that runs later in the same process (an Airflow worker, a test session)."""
-    import mlflow
-
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it and the env var
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+# The one MLflow store context lives in tracking; the registry's operations run inside it.
+using_store = tracking.using_uri
 
 
 def _alias_version(client, name: str, alias: str):
@@ -309,9 +289,9 @@ def register(params: Params, paths: Paths) -> str:
     signature, example = _signature_and_example(params.task)
     with using_store(uri), _registry_errors(uri):
         run_id = _training_run_id(client, paths)
-        if run_id is None:
-            tracking.set_up(params, paths.root)
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
+        experiment = None if run_id else tracking.experiment_id(params, uri, paths.root)
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment,
+                              run_name=None if run_id else "register") as run:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
                 artifacts={"model_dir": str(paths.model_dir)}, signature=signature,
@@ -350,7 +330,7 @@ def score_version(name: str, version: str, test: pd.DataFrame, task: str) -> dic
     """The gate metrics of one registered version on the given test frame."""
     import mlflow
 
-    from pipeline.model import metrics
+    from pipeline import metrics
     from pipeline.prediction_checks import probability_column
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipeline import plots
+from pipeline import metrics, plots
 from pipeline.errors import StageFailed
-from pipeline.model import load_model, metrics
+from pipeline.model import load_model
 from pipeline.model.data import DataError, eval_loader, read_sizes
 from pipeline.params import EvaluateParams, Params
 from pipeline.paths import Paths

@@ -23,6 +23,7 @@ from pipeline.params import Params, parse_params
 from pipeline.paths import Paths
 from pipeline.taxonomy import class_names
 from tests.model.shard_writer import sample
+from tests.stores import sqlite_store
 
 MLFLOW_BIN = Path(sys.executable).with_name("mlflow")
 
@@ -31,7 +32,7 @@ def project_params(root: Path, task: str = "hateful_memes", tracking_uri: str | 
                    **gate) -> Params:
     return parse_params({
         "task": task,
-        "registry": {"tracking_uri": tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "registry": {"tracking_uri": tracking_uri or sqlite_store(root / "mlflow.db"),
                      "gate": {"min_auroc": 0.0, "min_top1": 0.0, "min_top2": 0.0, **gate}}})
 
 
@@ -86,12 +87,6 @@ def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
         {"test": metrics or {"auroc": 0.5, "samples": 24}}))
 
 
-def clear_tracking_env() -> None:
-    """Drop MLFLOW_TRACKING_URI left behind by earlier tests (mlflow.set_tracking_uri exports it,
-    and it wins over params), so a module fixture uses the store its params name."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -99,8 +94,7 @@ def free_port() -> int:
 
 
 def quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ) | {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
 
