@@ -68,6 +68,7 @@ def test_training_run_leaves_no_store_experiment_or_run_behind(tmp_path):
     assert (tmp_path / "mlflow.db").exists() and not Path("mlflow.db").exists()
 
 
+@pytest.mark.slow  # git + dvc init + an experiment run: tens of seconds on 2 cores
 def test_a_temp_dvc_experiment_tracks_into_the_main_workspace_store(tmp_path):
     """`dvc exp run --temp` runs the stage in a throwaway copy under .dvc/tmp/exps; the store it
     resolves must still be the project's mlflow.db, or the experiment's runs vanish with it."""
