@@ -32,7 +32,7 @@ def run(params: Params, paths: Paths) -> dict:
     test = frame[frame["split"] == "test"].reset_index(drop=True)
 
     settings = params.checks
-    results = prediction_checks.run_all(
+    results = prediction_checks.run_checks(
         test, names, index.samples("test"),
         min_class_share=settings.min_class_share, max_class_share=settings.max_class_share,
         class_share_level=settings.class_share_level,
