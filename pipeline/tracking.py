@@ -43,7 +43,7 @@ def tracking_uri(params: Params, root: str | Path | None = None) -> str:
         path = uri[len(SQLITE_PREFIX):]
         # sqlite:////abs/path has an absolute path after the prefix; a relative one is ours
         if not path.startswith("/") and path != ":memory:":
-            uri = SQLITE_PREFIX + str(project_root(root) / path)
+            uri = SQLITE_PREFIX + str((project_root(root) / path).resolve())
     if uri.startswith("file:") or "://" not in uri and not uri.startswith(SQLITE_PREFIX):
         raise ValueError(f"tracking URI {uri!r} is a file store, which MLflow ≥ 3.13 refuses; "
                          "use sqlite:///mlflow.db or an http(s):// server")

@@ -160,7 +160,8 @@ def write_inputs(root, frame, test_samples):
     val = frame.assign(split="val", id=frame["id"] + ":val")
     pd.concat([val, frame]).to_parquet(paths.predictions)
     paths.shard_sizes.write_text(json.dumps({"task": "hateful_memes", "class_names": BINARY,
-                                             "splits": {"test": {"samples": test_samples}}}))
+                                             "splits": {"test": {"samples": test_samples,
+                                                                 "shards": []}}}))
     return paths
 
 
