@@ -6,12 +6,15 @@ fails, run `mmguard stage-deps` and commit dvc.yaml.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline import stage_deps
 from pipeline.stages import STAGES
+from tests.project import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -84,3 +87,29 @@ def test_every_stats_file_is_declared():
                    for kind in ("outs", "metrics") for o in DVC_YAML[name].get(kind, [])]
         stats = f"artifacts/{'shard' if name == 'shard' else name}/stats.json"
         assert any(covered(stats, [out]) for out in outputs), f"{name}: {stats} not declared"
+
+
+@pytest.mark.slow  # git + dvc init + three `dvc repro`: tens of seconds on 2 cores
+def test_real_dvc_ignores_speed_knobs_and_reruns_on_the_rest(tmp_path):
+    """dvc.yaml's own params lists, in a one-stage DVC project whose command only records that
+    it ran: `train.num_workers`/`train.device` leave it clean, `train.lr` makes it run again."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "dep.txt").write_text("x\n")
+    stage = {"cmd": "echo ran >> runs.txt && echo ok > out.txt", "deps": ["dep.txt"],
+             "params": DVC_YAML["train"]["params"], "outs": ["out.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    env = project_env()
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    def rerun_with(**train) -> int:
+        changed = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        changed["train"] |= train
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)
+        return len((tmp_path / "runs.txt").read_text().splitlines())
+
+    assert rerun_with(num_workers=7, device="cpu") == 1
+    assert rerun_with(lr=0.5) == 2
