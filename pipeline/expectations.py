@@ -17,14 +17,13 @@ import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-from pipeline import taxonomy
+from pipeline import contracts, taxonomy
 from pipeline.params import Params
 from pipeline.paths import SPLITS
 
 Level = Literal["error", "warning"]
 
-REQUIRED_COLUMNS = ("id", "source", "source_id", "task", "split", "image_path", "image_sha256",
-                    "width", "height", "text", "label", "label_name", "valid_pair")
+REQUIRED_COLUMNS = tuple(contracts.MANIFEST.names)
 
 # name -> level. Every expectation of the suite appears here exactly once.
 LEVELS: dict[str, Level] = {

@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.model import metrics
+from pipeline import metrics
 
 Level = Literal["error", "warning"]
 
@@ -177,7 +177,7 @@ def check_better_than_chance(frame: pd.DataFrame,
     return results
 
 
-def run_all(frame: pd.DataFrame, class_names: tuple[str, ...], expected_count: int, *,
+def run_checks(frame: pd.DataFrame, class_names: tuple[str, ...], expected_count: int, *,
             min_class_share: float, max_class_share: float, class_share_level: Level,
             sum_tolerance: float) -> list[CheckResult]:
     """Every check over the test-split predictions, in report order."""

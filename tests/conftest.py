@@ -1,9 +1,20 @@
-"""Shared test set-up: telemetry off, and small helpers every tier uses."""
+"""Shared test set-up: telemetry off, MLflow isolated per test, and the test tiers.
+
+Tiers (README, "Tests and benchmarks"; one make target each):
+- `make test`: everything not marked `slow` — pure unit tests, stages on tiny inputs, one tiny
+  trained model per session (tests/fixtures.py). Each test takes seconds.
+- `make test-slow`: tests marked `slow` — whole-pipeline DVC runs, `dag.test()` runs, real
+  `mlflow server`/`mlflow models serve` processes, torchrun. Minutes each.
+- `make quality`, `make bench`: tests/quality and tests/bench (not collected by the two above).
+"""
 from __future__ import annotations
 
 import os
+import sys
 
-# Telemetry off before any of the libraries is imported (DESIGN.md, "Local defaults").
+import pytest
+
+# Telemetry off before any of the libraries is imported (the Makefile sets the same).
 for _key, _value in {
     "DO_NOT_TRACK": "true",
     "DVC_NO_ANALYTICS": "1",
@@ -13,3 +24,41 @@ for _key, _value in {
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# A store or experiment chosen in the shell (or DVC's project root, when pytest runs inside a DVC
+# stage) would redirect the stores the tests name in their params.
+MLFLOW_STATE = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID",
+                "MLFLOW_RUN_ID", "DVC_ROOT")
+for _key in MLFLOW_STATE:
+    os.environ.pop(_key, None)
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow():
+    """Each test starts and ends with no process-wide MLflow store, experiment or run, so a test
+    that forgets `tracking.store` cannot write into the next test's store."""
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key in MLFLOW_STATE:
+        os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """(paths, summary) of the session's one tiny training run (tests/trained.py). Read only."""
+    from tests.trained import train_once
+
+    return train_once(tmp_path_factory.mktemp("trained_tiny"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """pytest exits 5 when a selection collects nothing. `.ci/run` sets EMPTY_TIER_OK=1 for the
+    optional tiers, where an empty tier (no slow tests in this checkout) is not a failure."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and os.environ.get("EMPTY_TIER_OK") == "1":
+        print("no tests in this tier")
+        session.exitstatus = pytest.ExitCode.OK

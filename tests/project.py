@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.stores import sqlite_store
+
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("pipeline", "dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml")
 BIN = Path(sys.executable).parent
@@ -32,10 +34,7 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def project_env() -> dict[str, str]:
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an earlier test in this process
-    # would otherwise point the project's commands at that test's store.
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(DO_NOT_TRACK="true", DVC_NO_ANALYTICS="1", GX_ANALYTICS_ENABLED="false",
                MLFLOW_DISABLE_TELEMETRY="true")
@@ -54,6 +53,7 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = _merge(params, overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sqlite_store(dest / "mlflow.db")  # params' default store, already migrated
     env = project_env()
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                     [str(BIN / "dvc"), "config", "core.autostage", "false"]):

@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import taxonomy
+from pipeline.contracts import ShardIndex
 from pipeline.params import TrainParams
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -103,7 +104,7 @@ def class_shards(shards_root: Path, sizes: dict) -> dict[int, list[str]]:
     for key, entry in per_class.items():
         if int(entry.get("samples", 0)) == 0:
             continue
-        folder = Path(shards_root) / "train" / f"class_{int(key)}"
+        folder = Path(shards_root) / ShardIndex.class_folder(int(key))
         shards = _shard_files(folder)
         if not shards:
             raise DataError(f"sizes.json lists {entry['samples']} samples of class {key} but "

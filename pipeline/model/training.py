@@ -24,7 +24,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from pipeline.model import metrics as metric_fns
+from pipeline import metrics as metric_fns
 from pipeline.model.checkpoints import CheckpointStore, TrainerState
 from pipeline.model.data import Batch
 from pipeline.params import TrainParams

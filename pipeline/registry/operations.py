@@ -85,9 +85,9 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
             result = _keep_challenger(client, name, str(existing.version), created=False)
         else:
             run_id = _training_run_id(client, paths)
-            if run_id is None:
-                tracking.set_up(params, paths.root)
-            with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
+            experiment = None if run_id else tracking.experiment_id(params, uri, paths.root)
+            with mlflow.start_run(run_id=run_id, experiment_id=experiment,
+                                  run_name=None if run_id else "register") as run:
                 info = packaging.log_pyfunc(paths.model_dir, params.task)
                 tags[lineage.REPRO_PATH_TAG] = lineage.log_repro_files(paths, content,
                                                                        params_file)
@@ -135,7 +135,7 @@ def score_version(name: str, version: str, test: pd.DataFrame, task: str) -> dic
     """The gate metrics of one registered version on the given test frame."""
     import mlflow
 
-    from pipeline.model import metrics
+    from pipeline import metrics
     from pipeline.prediction_checks import probability_column
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")

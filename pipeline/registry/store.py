@@ -85,27 +85,8 @@ def client_for(params: Params, root):
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
-@contextmanager
-def using_store(uri: str):
-    """Point MLflow's process-wide tracking and registry URIs at `uri` for one operation (the
-    fluent log/register/load calls read them), then put them back. mlflow.set_tracking_uri also
-    exports MLFLOW_TRACKING_URI, which would otherwise override params.registry.tracking_uri for
-    everything that runs later in the same process (an Airflow worker, a test session)."""
-    import mlflow
-
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it and the env var
-        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+# The one MLflow store context lives in tracking; the registry's operations run inside it.
+using_store = tracking.using_uri
 
 
 def _missing(exc) -> bool:

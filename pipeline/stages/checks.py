@@ -10,6 +10,7 @@ import json
 import pandas as pd
 
 from pipeline import atomic, prediction_checks
+from pipeline.contracts import ShardIndex
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import Paths
@@ -23,18 +24,16 @@ def report_path(paths: Paths):
 def run(params: Params, paths: Paths) -> dict:
     if not paths.predictions.exists():
         raise StageFailed(f"{paths.predictions} not found: run `mmguard evaluate` first")
-    if not paths.shard_sizes.exists():
-        raise StageFailed(f"{paths.shard_sizes} not found: run `mmguard shard` first")
+    index = ShardIndex.read(paths.shards, "checks")
     frame = pd.read_parquet(paths.predictions)
-    sizes = json.loads(paths.shard_sizes.read_text())
     names = class_names(params.task)
     if "split" not in frame:
         raise StageFailed(f"{paths.predictions} has no split column")
     test = frame[frame["split"] == "test"].reset_index(drop=True)
 
     settings = params.checks
-    results = prediction_checks.run_all(
-        test, names, int(sizes["splits"]["test"]["samples"]),
+    results = prediction_checks.run_checks(
+        test, names, index.samples("test"),
         min_class_share=settings.min_class_share, max_class_share=settings.max_class_share,
         class_share_level=settings.class_share_level,
         sum_tolerance=settings.probability_sum_tolerance)

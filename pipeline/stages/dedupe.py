@@ -18,23 +18,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import atomic, phash, taxonomy
+from pipeline import atomic, contracts, phash, taxonomy
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import SPLITS, Paths
 from pipeline.text import match_key
 
 STAGE = "dedupe"
-REQUIRED_COLUMNS = ("id", "source", "source_id", "task", "split", "image_sha256", "phash",
-                    "text", "label", "label_name")
-DUPLICATES_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string()),
-                               ("kind", pa.string()), ("split", pa.string()),
-                               ("kept_split", pa.string())])
-QUARANTINE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
-    ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()),
-])
+DUPLICATES_SCHEMA = contracts.DUPLICATES
+QUARANTINE_SCHEMA = contracts.QUARANTINE
 
 
 class UnionFind:
@@ -121,12 +113,7 @@ def resolve(frame: pd.DataFrame, near_threshold: int, split_priority: tuple[str,
 
 
 def _load_manifest(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise StageFailed(f"{path} not found: run `mmguard ingest` first")
-    frame = pd.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise StageFailed(f"{path} lacks columns {missing}; re-run `mmguard ingest`")
+    frame = contracts.read(path, contracts.MANIFEST, stage=STAGE, produced_by="ingest")
     return frame.reset_index(drop=True)
 
 

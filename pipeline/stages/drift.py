@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import drift_features
+from pipeline import contracts, drift_features
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import Paths
@@ -29,9 +29,8 @@ def read_manifest(path: Path, split: str | None = None) -> pd.DataFrame:
     if not path.exists():
         raise StageFailed(f"manifest {path} not found (run ingest and dedupe first)")
     frame = pd.read_parquet(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise StageFailed(f"manifest {path} lacks columns {missing}")
+    contracts.require(frame, contracts.MANIFEST, stage="drift", path=path,
+                      columns=MANIFEST_COLUMNS)
     if split is not None:
         frame = frame[frame["split"] == split]
     return frame.reset_index(drop=True)

@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipeline import atomic, plots
+from pipeline import atomic, metrics, plots
+from pipeline.contracts import ShardIndex
 from pipeline.errors import StageFailed
-from pipeline.model import load_model, metrics
+from pipeline.model import load_model
 from pipeline.model.data import DataError, eval_loader, read_sizes
 from pipeline.params import EvaluateParams, Params
 from pipeline.paths import Paths
@@ -219,7 +220,8 @@ def run(params: Params, paths: Paths) -> dict:
     plots.write_plots(predictions[predictions["split"] == "test"], names, plots_dir)
     mlflow_status = log_to_training_run(paths, _json_safe(result), plots_dir)
 
-    expected = {s: int(sizes["splits"][s]["samples"]) for s in EVAL_SPLITS}
+    index = ShardIndex.from_dict(sizes)
+    expected = {s: index.samples(s) for s in EVAL_SPLITS}
     for split in EVAL_SPLITS:  # conservation: every sample is scored or skipped with a reason
         accounted = len(scored[split]) + len(skipped[split])
         if accounted != expected[split]:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline import atomic, images, taxonomy, text
+from pipeline import atomic, contracts, images, taxonomy, text
 from pipeline.errors import StageFailed
 from pipeline.params import Params, SplitFractions
 from pipeline.paths import SPLITS, Paths
@@ -33,18 +33,8 @@ from pipeline.sources.base import RawRecord
 
 STAGE = "ingest"
 
-MANIFEST_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
-    ("task", pa.string()), ("split", pa.string()), ("image_path", pa.string()),
-    ("image_sha256", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-    ("phash", pa.string()), ("text", pa.string()), ("label", pa.int64()),
-    ("label_name", pa.string()), ("valid_pair", pa.bool_()),
-])
-QUARANTINE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
-    ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
-    ("detail", pa.string()),
-])
+MANIFEST_SCHEMA = contracts.MANIFEST
+QUARANTINE_SCHEMA = contracts.QUARANTINE
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,13 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import atomic, taxonomy
+from pipeline import atomic, contracts, taxonomy
+from pipeline.contracts import ShardIndex
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import SPLITS, Paths
 
 SHARD_PATTERN = "shard-%06d.tar"
-REQUIRED_COLUMNS = ("id", "source", "split", "image_path", "text", "label", "label_name",
-                    "valid_pair")
 # Below this many images a process pool costs more to start than it saves.
 MIN_ROWS_FOR_POOL = 64
 # Errors listed by id in a StageFailed message; the count is always given in full.
@@ -99,7 +98,7 @@ def plan_groups(manifest: pd.DataFrame, params: Params) -> list[ShardGroup]:
     ordered = manifest.sort_values("id", kind="stable")
     train = ordered[ordered["split"] == "train"]
     for label in range(taxonomy.num_classes(params.task)):
-        groups.append(ShardGroup(f"train/class_{label}", train[train["label"] == label],
+        groups.append(ShardGroup(ShardIndex.class_folder(label), train[train["label"] == label],
                                  params.shard.train_samples_per_shard))
     for split in SPLITS[1:]:
         groups.append(ShardGroup(split, ordered[ordered["split"] == split],
@@ -131,7 +130,7 @@ def run(params: Params, paths: Paths) -> dict:
         total_written = sum(sizes["splits"][s]["samples"] for s in SPLITS)
         if total_written != len(manifest):  # conservation: every row is exactly one sample
             raise StageFailed(f"wrote {total_written} samples for {len(manifest)} manifest rows")
-        (staging / paths.shard_sizes.name).write_text(json.dumps(sizes, indent=2))
+        ShardIndex.from_dict(sizes).write(staging)
     stats = {
         "rows": len(manifest),
         "samples": total_written,
@@ -149,9 +148,7 @@ def _read_manifest(path: Path, task: str) -> pd.DataFrame:
     if not path.exists():
         raise StageFailed(f"{path} not found (run dedupe and validate first)")
     manifest = pd.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
-    if missing:
-        raise StageFailed(f"{path}: missing columns {missing}")
+    contracts.require(manifest, contracts.MANIFEST, stage="shard", path=path)
     problems = []
     if manifest["id"].isna().any() or manifest["id"].duplicated().any():
         problems.append("ids must be present and unique")
@@ -240,7 +237,7 @@ def _sizes(task: str, groups: list[ShardGroup], written: dict[str, list[str]]) -
     by_folder = {g.folder: g for g in groups}
     per_class = {}
     for label in range(taxonomy.num_classes(task)):
-        folder = f"train/class_{label}"
+        folder = ShardIndex.class_folder(label)
         per_class[str(label)] = {"samples": len(by_folder[folder].rows), "shards": written[folder]}
     splits: dict[str, dict] = {"train": {
         "samples": sum(c["samples"] for c in per_class.values()),

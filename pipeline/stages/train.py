@@ -25,7 +25,7 @@ from pipeline.errors import StageFailed
 from pipeline.model import build_model, count_parameters, save_model, total_loss
 from pipeline.model import data, training
 from pipeline.model.checkpoints import CheckpointStore
-from pipeline.model.metrics import primary_metric
+from pipeline.metrics import primary_metric
 from pipeline.params import Params
 from pipeline.paths import Paths
 

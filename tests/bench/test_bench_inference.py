@@ -22,7 +22,7 @@ from PIL import Image
 from pipeline import registry
 from pipeline.paths import Paths
 from tests.pipeline.registry_fixtures import (
-    MLFLOW_BIN, clear_tracking_env, free_port, install_candidate, model_dirs, project_params,
+    MLFLOW_BIN, free_port, install_candidate, model_dirs, project_params,
     quiet_env, start_server, stop_server, write_test_split,
 )
 
@@ -51,7 +51,6 @@ def inputs(n: int, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    clear_tracking_env()
     paths = Paths(root)
     dirs = model_dirs(root, TASK, {"model": 1})
     write_test_split(paths, TASK, oracle_dir=dirs["model"])

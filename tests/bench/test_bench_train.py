@@ -23,7 +23,6 @@ def _train(root: Path, finetune: str) -> dict:
               "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--params",
                            str(root / "params.yaml"), "--root", str(root)],
                           capture_output=True, text=True, env=env, timeout=3000)

@@ -52,7 +52,7 @@ def build_manifest(paths: Paths, task: str = "hateful_memes",
                 "id": f"synthetic:{source_id}", "source": "synthetic", "source_id": source_id,
                 "task": task, "split": split,
                 "image_path": stored.relative_to(paths.root).as_posix(),
-                "image_sha256": sha, "width": width, "height": height,
+                "image_sha256": sha, "width": width, "height": height, "phash": f"{seed:016x}",
                 "text": f"caption number {seed} for {split}", "label": label,
                 "label_name": names[label], "valid_pair": label == 0,
             })

@@ -8,23 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.model import load_model
 from tests.model.shard_writer import write_shards
+from tests.stores import sqlite_store
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+@pytest.mark.slow  # two processes training: a minute and more on 2 cores
 def test_torchrun_two_processes_train_one_epoch(tmp_path):
     write_shards(tmp_path / "artifacts" / "shards",
                  counts={"train": {0: 16, 1: 16}, "val": {0: 5, 1: 6}, "test": {0: 2, 1: 2}},
                  per_shard=8, corrupt={"val": 1})
     params = {"train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "device": "cpu"},
-              "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+              "registry": {"tracking_uri": sqlite_store(tmp_path / "mlflow.db")}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train",
          "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)],

@@ -10,53 +10,22 @@ from PIL import Image
 
 from pipeline.errors import StageFailed
 from pipeline.model import build_model, save_model
-from pipeline.params import EvaluateParams, parse_params
+from pipeline.params import parse_params
 from pipeline.paths import Paths
 from pipeline.stages import checks, evaluate
 from tests.model.shard_writer import write_shards
+from tests.stores import sqlite_store
 
 SMALL = {"train": {0: 2, 1: 2}, "val": {0: 10, 1: 10}, "test": {0: 9, 1: 11}}
 
 
 def project(tmp_path, task="hateful_memes", counts=SMALL, corrupt=None, seed=0):
     params = parse_params({"task": task, "train": {"seed": seed},
-                           "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+                           "registry": {"tracking_uri": sqlite_store(tmp_path / "mlflow.db")}})
     paths = Paths(tmp_path)
     write_shards(paths.shards, task, counts=counts, corrupt=corrupt)
     save_model(build_model(params), paths.model_dir)
     return params, paths
-
-
-# ---------------------------------------------------------------- threshold selection
-
-def test_youden_picks_the_threshold_that_separates():
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
-    threshold, rule = evaluate.choose_threshold(labels, scores, EvaluateParams())
-    assert rule == "youden" and threshold == pytest.approx(0.4)
-
-
-def test_f1_rule_and_fixed_rule():
-    labels = np.array([0, 0, 1, 1, 1])
-    scores = np.array([0.1, 0.6, 0.3, 0.7, 0.9])
-    threshold, rule = evaluate.choose_threshold(labels, scores,
-                                                EvaluateParams(threshold_rule="f1"))
-    assert rule == "f1" and threshold == pytest.approx(0.3)  # all 3 positives, 1 FP: F1 0.857
-    fixed = EvaluateParams(threshold_rule="fixed", fixed_threshold=0.42)
-    assert evaluate.choose_threshold(labels, scores, fixed) == (0.42, "fixed")
-
-
-def test_single_class_val_falls_back_to_fixed_and_says_so():
-    threshold, rule = evaluate.choose_threshold(np.zeros(4, int), np.random.rand(4),
-                                                EvaluateParams(fixed_threshold=0.3))
-    assert threshold == 0.3 and "fallback" in rule
-
-
-def test_youden_threshold_is_never_infinite():
-    # a useless score: best J is at the first (infinite) roc_curve threshold
-    threshold, _ = evaluate.choose_threshold(np.array([0, 1, 0, 1]),
-                                             np.array([0.9, 0.1, 0.8, 0.2]), EvaluateParams())
-    assert 0 <= threshold <= 1
 
 
 # ---------------------------------------------------------------- the stage
@@ -131,11 +100,10 @@ def test_corrupt_test_samples_are_counted_and_fail_the_checks(tmp_path):
 
 
 def test_metrics_and_plots_are_logged_to_the_training_run(tmp_path):
-    import mlflow
     from mlflow import MlflowClient
 
     params, paths = project(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(experiment).info.run_id
@@ -149,7 +117,6 @@ def test_metrics_and_plots_are_logged_to_the_training_run(tmp_path):
     assert "eval_test_auroc" in run.data.metrics and "eval_val_auroc" in run.data.metrics
     logged = {f.path for f in client.list_artifacts(run_id, "evaluate/plots")}
     assert "evaluate/plots/roc.png" in logged and "evaluate/plots/confusion.csv" in logged
-    assert mlflow.get_tracking_uri()  # untouched global state is fine either way
 
 
 def test_missing_model_and_wrong_task_fail_clearly(tmp_path):

@@ -1,43 +1,22 @@
 """The train stage on the real tiny model and real tar shards: metrics, MLflow, checkpoints,
-exact resume, input validation. Plus the pure helpers (metrics, schedule, AMP choice)."""
+exact resume, input validation. The pure helpers are tested in tests/unit."""
 from __future__ import annotations
 
 import csv
 import json
-import math
-from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from pipeline import tracking
 from pipeline.errors import StageFailed
 from pipeline.model import load_model
-from pipeline.model import metrics as M
-from pipeline.model import training
 from pipeline.params import parse_params
 from pipeline.paths import Paths
 from pipeline.stages import train as train_stage
-from tests.model.shard_writer import write_shards
-
-SMALL = {"train": {0: 16, 1: 16}, "val": {0: 8, 1: 8}, "test": {0: 4, 1: 4}}
-
-
-def make_params(root: Path, **train):
-    base = {"epochs": 3, "batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "shuffle_buffer": 16,
-            "early_stopping_patience": 0, "seed": 7}
-    return parse_params({"train": {**base, **train},
-                         "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}})
-
-
-def make_root(tmp: Path, counts=SMALL, task="hateful_memes", corrupt=None) -> Paths:
-    write_shards(tmp / "artifacts" / "shards", task=task, counts=counts, per_shard=8,
-                 corrupt=corrupt)
-    return Paths(tmp)
+from tests.stores import sqlite_store
+from tests.trained import CORRUPT, make_params, make_root
 
 
 class Interrupt(Exception):
@@ -51,28 +30,14 @@ def interrupt_at(epoch: int, step: int):
     return hook
 
 
-@pytest.fixture(autouse=True)
-def _own_tracking_store(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-@pytest.fixture(scope="module")
-def unbroken(tmp_path_factory):
-    """One 3-epoch run, shared by the tests that only read its outputs."""
-    tmp = tmp_path_factory.mktemp("unbroken")
-    paths = make_root(tmp, corrupt={"val": 2})
-    summary = train_stage.run(make_params(tmp), paths)
-    return paths, summary
-
-
 def _weights(paths: Paths) -> dict:
     return load_file(str(paths.model_dir / "model.safetensors"))
 
 
 # ---------------------------------------------------------------- the stage's outputs
 
-def test_outputs_metrics_history_and_a_loadable_model(unbroken):
-    paths, summary = unbroken
+def test_outputs_metrics_history_and_a_loadable_model(trained_tiny):
+    paths, summary = trained_tiny
     metrics = json.loads((paths.train_dir / "metrics.json").read_text())
     assert metrics["primary_metric"] == "val_auroc"
     assert set(metrics["best"]) == {"val_loss", "val_auroc", "val_accuracy", "val_f1"}
@@ -93,8 +58,8 @@ def test_outputs_metrics_history_and_a_loadable_model(unbroken):
     assert all(torch.equal(saved[k], best[k]) for k in saved)
 
 
-def test_mlflow_run_has_params_per_epoch_metrics_and_the_best_checkpoint(unbroken):
-    paths, _ = unbroken
+def test_mlflow_run_has_params_per_epoch_metrics_and_the_best_checkpoint(trained_tiny):
+    paths, _ = trained_tiny
     info = json.loads((paths.train_dir / "mlflow_run.json").read_text())
     assert info["tracking_uri"] == f"sqlite:///{paths.root.resolve() / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=info["tracking_uri"])
@@ -114,9 +79,9 @@ def test_mlflow_run_has_params_per_epoch_metrics_and_the_best_checkpoint(unbroke
 
 # ---------------------------------------------------------------- resume
 
-def test_interrupted_run_resumes_to_the_same_final_weights(unbroken, tmp_path):
-    reference, _ = unbroken
-    paths = make_root(tmp_path, corrupt={"val": 2})
+def test_interrupted_run_resumes_to_the_same_final_weights(trained_tiny, tmp_path):
+    reference, _ = trained_tiny
+    paths = make_root(tmp_path, corrupt=CORRUPT)
     params = make_params(tmp_path)
     # 4 optimizer steps per epoch: die in the middle of epoch 2 (0-based 1)
     with pytest.raises(Interrupt):
@@ -196,65 +161,8 @@ def test_moderation7_reports_top1_top2_macro_f1(tmp_path):
     paths = make_root(tmp_path, counts=counts, task="moderation7")
     params = parse_params({"task": "moderation7",
                            "train": {"epochs": 1, "batch_size": 7, "upsampling": {"Hate": 2.0}},
-                           "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+                           "registry": {"tracking_uri": sqlite_store(tmp_path / "mlflow.db")}})
     summary = train_stage.run(params, paths)
     assert summary["primary_metric"] == "val_top1"
     assert set(summary["best"]) == {"val_loss", "val_top1", "val_top2", "val_macro_f1"}
     assert summary["best"]["val_top2"] >= summary["best"]["val_top1"]
-
-
-# ---------------------------------------------------------------- pure helpers
-
-def test_metrics_on_known_values():
-    labels = np.array([0, 0, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8]])
-    out = M.binary_metrics(labels, probs)
-    assert out["auroc"] == pytest.approx(1.0)
-    assert (out["tp"], out["tn"], out["fp"], out["fn"]) == (2, 1, 1, 0)
-    assert out["accuracy"] == 0.75 and out["f1"] == pytest.approx(0.8)
-    assert math.isnan(M.auroc(np.array([1, 1]), np.array([0.2, 0.9])))
-    three = np.array([[0.5, 0.3, 0.2], [0.1, 0.5, 0.4], [0.6, 0.3, 0.1]])
-    multi = M.multiclass_metrics(np.array([0, 2, 1]), three)
-    assert multi["top1"] == pytest.approx(1 / 3) and multi["top2"] == pytest.approx(1.0)
-    assert multi["per_class_recall"] == [1.0, 0.0, 0.0]
-    assert M.task_metrics("moderation7", np.array([0, 2, 1]), three).keys() == {
-        "top1", "top2", "macro_f1"}
-    with pytest.raises(ValueError, match="shape"):
-        M.binary_metrics(np.array([0, 1]), np.array([0.3, 0.7]))
-    with pytest.raises(ValueError, match="labels must lie"):
-        M.top_k_accuracy(np.array([0, 5]), three[:2], 1)
-
-
-def test_warmup_then_cosine_schedule():
-    factor = training.warmup_cosine(total_steps=100, warmup_steps=10)
-    assert factor(0) < factor(5) < factor(9) <= 1.0
-    assert factor(10) == pytest.approx(1.0)
-    assert factor(55) == pytest.approx(0.5)
-    assert factor(100) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_no_weight_decay_on_biases_norms_and_scalars():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    model.register_parameter("logit_scale", torch.nn.Parameter(torch.ones(())))
-    decay, no_decay = training.param_groups(model, 0.1)
-    assert decay["params"] == [model[0].weight] and decay["weight_decay"] == 0.1
-    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
-
-
-def test_amp_choice():
-    cpu = torch.device("cpu")
-    assert training.resolve_amp("auto", cpu) == (None, False)
-    assert training.resolve_amp("bf16", cpu) == (torch.bfloat16, False)
-    assert training.resolve_amp("off", cpu) == (None, False)
-
-
-def test_tracking_uri_env_override_relative_sqlite_and_file_store(tmp_path, monkeypatch):
-    params = parse_params({})
-    assert tracking.tracking_uri(params, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri(params, tmp_path) == "http://127.0.0.1:5999"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
-    with pytest.raises(ValueError, match="file store"):
-        tracking.tracking_uri(params, tmp_path)
-    assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {
-        "a.b": "1", "a.c": "[1, 2]", "d": "None"}

@@ -9,7 +9,6 @@ import random
 import shutil
 import socket
 import subprocess
-import tempfile
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pipeline.params import Params, parse_params
 from pipeline.paths import Paths
 from pipeline.taxonomy import class_names
 from tests.model.shard_writer import sample
+from tests.stores import sqlite_store
 
 MLFLOW_BIN = Path(sys.executable).with_name("mlflow")
 
@@ -32,7 +32,7 @@ def project_params(root: Path, task: str = "hateful_memes", tracking_uri: str | 
                    **gate) -> Params:
     return parse_params({
         "task": task,
-        "registry": {"tracking_uri": tracking_uri or migrated_store(root / "mlflow.db"),
+        "registry": {"tracking_uri": tracking_uri or sqlite_store(root / "mlflow.db"),
                      "gate": {"min_auroc": 0.0, "min_top1": 0.0, "min_top2": 0.0, **gate}}})
 
 
@@ -87,12 +87,6 @@ def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
         {"test": metrics or {"auroc": 0.5, "samples": 24}}))
 
 
-def clear_tracking_env() -> None:
-    """Drop MLFLOW_TRACKING_URI left behind by earlier tests (mlflow.set_tracking_uri exports it,
-    and it wins over params), so a module fixture uses the store its params name."""
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -100,8 +94,7 @@ def free_port() -> int:
 
 
 def quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ) | {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env | extra
 
@@ -151,7 +144,7 @@ def tracking_server(root: Path, port: int) -> subprocess.Popen:
 def named_params(root: Path, model: str, tracking_uri: str | None = None) -> Params:
     """Params whose registered model is `model`: tests sharing one store stay apart."""
     return parse_params({"registry": {
-        "tracking_uri": tracking_uri or migrated_store(root / "mlflow.db"), "model_name": model}})
+        "tracking_uri": tracking_uri or sqlite_store(root / "mlflow.db"), "model_name": model}})
 
 
 def bare_versions(client, name: str, count: int) -> list[str]:
@@ -160,22 +153,3 @@ def bare_versions(client, name: str, count: int) -> list[str]:
     client.create_registered_model(name)
     return [str(client.create_model_version(name, f"file:///nonexistent/{name}/{i}").version)
             for i in range(count)]
-
-
-_TEMPLATE_STORE: list[Path] = []
-
-
-def migrated_store(path: Path) -> str:
-    """The sqlite URI of a store at `path`, copied from one migrated once per test process:
-    MLflow runs its schema migrations for every new file, which takes seconds."""
-    if not path.exists():
-        if not _TEMPLATE_STORE:
-            from mlflow import MlflowClient
-
-            template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
-            uri = f"sqlite:///{template}"
-            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
-            _TEMPLATE_STORE.append(template)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_TEMPLATE_STORE[0], path)
-    return f"sqlite:///{path}"

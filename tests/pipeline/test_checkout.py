@@ -20,7 +20,8 @@ from pipeline.cli import app
 from pipeline.params import load_params
 from pipeline.paths import Paths
 from pipeline.registry import lineage
-from tests.pipeline.registry_fixtures import clear_tracking_env, migrated_store, model_dirs
+from tests.pipeline.registry_fixtures import model_dirs
+from tests.stores import sqlite_store
 
 # The stage stands in for training: the tiny model plus a file that depends on data and params,
 # so each version's model has its own content hash.
@@ -64,9 +65,7 @@ def produce_version(project: Path, notes: str, seed: int) -> dict:
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
-    clear_tracking_env()
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def project(tmp_path):
     model = model_dirs(tmp_path / "models", "hateful_memes", {"tiny": 1})["tiny"]
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
@@ -76,7 +75,7 @@ def project(tmp_path, monkeypatch):
         "deps": ["data", "build_model.py"], "params": ["train.seed"],
         "outs": ["artifacts/model"]}}}))
     (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\n")
-    migrated_store(project / "mlflow.db")  # params name it relatively: sqlite:///mlflow.db
+    sqlite_store(project / "mlflow.db")  # params name it relatively: sqlite:///mlflow.db
     sh("git", "init", "-q", cwd=project)
     sh("git", "config", "user.email", "test@example.invalid", cwd=project)
     sh("git", "config", "user.name", "test", cwd=project)
@@ -131,10 +130,9 @@ def test_checkout_restores_each_registered_version_on_a_fresh_workspace(project)
             assert tags[f"repro.{name}.sha256"] == hashlib.sha256(wanted[name]).hexdigest()
 
 
-def test_checkout_of_an_unknown_version_fails_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_checkout_of_an_unknown_version_fails_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(json.dumps(
-        {"registry": {"tracking_uri": migrated_store(tmp_path / "m.db")}}))
+        {"registry": {"tracking_uri": sqlite_store(tmp_path / "m.db")}}))
     result = CliRunner().invoke(app, ["checkout", "--version", "7", "--params",
                                       str(tmp_path / "params.yaml"), "--root", str(tmp_path)])
     assert result.exit_code == 1 and "version 7" in result.output.lower(), result.output

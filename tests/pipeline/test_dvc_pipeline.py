@@ -72,6 +72,24 @@ def test_second_repro_does_nothing(project):
     assert _ran(again.stdout) == []
 
 
+def test_speed_knobs_and_an_unrelated_module_change_nothing_a_used_module_reruns(project):
+    root, _ = project
+    before = (root / "params.yaml").read_text()
+    params = yaml.safe_load(before)
+    params["train"] |= {"num_workers": 3, "device": "cpu"}
+    params["ingest"]["workers"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "changed" not in run(["dvc", "status"], root).stdout
+    (root / "params.yaml").write_text(before)
+    # taxonomy.py feeds dedupe's label checks and train's valid pairs: both must re-run
+    taxonomy = root / "pipeline" / "taxonomy.py"
+    original = taxonomy.read_text()
+    taxonomy.write_text(original + "\n# edited\n")
+    status = run(["dvc", "status"], root).stdout
+    taxonomy.write_text(original)
+    assert "dedupe:" in status and "train:" in status and "drift:" not in status
+
+
 def test_changing_a_shard_param_reruns_shard_and_only_what_follows(project):
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())

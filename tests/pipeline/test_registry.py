@@ -14,13 +14,14 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import registry
+from pipeline import registry, tracking
 from pipeline.registry import lineage
 from pipeline.paths import Paths
 from tests.pipeline.registry_fixtures import (
     free_port, install_candidate, model_dirs, project_params, stop_server, tracking_server,
     write_test_split,
 )
+from tests.stores import sqlite_store
 
 TASK = "hateful_memes"
 
@@ -33,8 +34,7 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture
-def project(tmp_path, models, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def project(tmp_path, models):
     paths = Paths(tmp_path)
     write_test_split(paths, TASK, oracle_dir=models["good"])
     (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123abcd.dir\n  path: data\n")
@@ -45,7 +45,6 @@ def project(tmp_path, models, monkeypatch):
 
 
 def store(uri):
-    # registry_uri too: MLflow otherwise takes the process-wide registry URI of an earlier test
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -168,7 +167,7 @@ def test_registered_version_carries_signature_requirements_and_lineage(project, 
     assert (Path(logged) / "dvc.lock").read_bytes() == (project.root / "dvc.lock").read_bytes()
 
     uri = f"models:/{registry.model_name(params)}/{version}"
-    with registry.using_store(params.registry.tracking_uri):
+    with tracking.store(params):
         info = mlflow.models.get_model_info(uri)
         pins = open(mlflow.pyfunc.get_model_dependencies(uri)).read()
     assert info.signature.inputs.input_names() == ["image", "text"]
@@ -230,18 +229,15 @@ def test_against_a_real_tracking_server_and_while_it_is_down(project, models, tm
         stop_server(server)
 
 
-def test_cli_reports_registry_errors_in_one_line(tmp_path, monkeypatch):
+def test_cli_reports_registry_errors_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    for uri, command, message in ((f"sqlite:///{tmp_path / 'm.db'}", "rollback",
+    for uri, command, message in ((sqlite_store(tmp_path / "m.db"), "rollback",
                                    "nothing to roll back to"),
                                   (down, "promote", f"{down} is unreachable")):
-        # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would win over params
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         params_file = tmp_path / "params.yaml"
         params_file.write_text(json.dumps({"registry": {"tracking_uri": uri}}))
         result = CliRunner().invoke(app, [command, "--params", str(params_file),

@@ -22,7 +22,7 @@ from pipeline import registry
 from pipeline.paths import Paths
 from pipeline.registry import operations
 from tests.pipeline.registry_fixtures import (
-    bare_versions, clear_tracking_env, free_port, install_candidate, model_dirs, named_params,
+    bare_versions, free_port, install_candidate, model_dirs, named_params,
     quiet_env, stop_server, tracking_server,
 )
 
@@ -31,7 +31,6 @@ WINDOW_S = 1.0  # far longer than the scheduling jitter of a loaded machine
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    clear_tracking_env()
     return tmp_path_factory.mktemp("races")
 
 

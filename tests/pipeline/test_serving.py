@@ -16,14 +16,14 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import registry
+from pipeline import registry, tracking
 from pipeline.cli import app
 from pipeline.paths import Paths
 from pipeline.params import parse_params
 from pipeline.serving import BadInput, ServingLimits, decode_image
 from tests.data import fixtures as fx
 from tests.pipeline.registry_fixtures import (
-    MLFLOW_BIN, clear_tracking_env, free_port, install_candidate, model_dirs, project_params,
+    MLFLOW_BIN, free_port, install_candidate, model_dirs, project_params,
     quiet_env, start_server, stop_server, write_test_split,
 )
 
@@ -41,7 +41,6 @@ def png_bytes(colour=(200, 40, 40), side=48) -> bytes:
 def champion(tmp_path_factory):
     """A project whose registry holds one version, promoted to @champion."""
     root = tmp_path_factory.mktemp("serving")
-    clear_tracking_env()
     paths = Paths(root)
     dirs = model_dirs(root, TASK, {"good": 1})
     write_test_split(paths, TASK, oracle_dir=dirs["good"])
@@ -124,7 +123,7 @@ def test_served_champion_answers_invocations(served, champion):
     np.testing.assert_allclose(predictions[PROBS].sum(axis=1), 1.0, atol=1e-5)
 
     # the HTTP answer is the registered model's answer
-    with registry.using_store(params.registry.tracking_uri):
+    with tracking.store(params):
         local = mlflow.pyfunc.load_model(f"models:/{registry.model_name(params)}@champion")
     expected = local.predict(pd.DataFrame(payload["dataframe_split"]["data"],
                                           columns=["image", "text"]))
@@ -210,9 +209,8 @@ def test_concurrent_clients_get_byte_identical_predictions(served):
     assert all(body == single.content for body in answers)
 
 
-def test_predict_cli_scores_good_rows_and_reports_bad_ones(champion, tmp_path, monkeypatch):
+def test_predict_cli_scores_good_rows_and_reports_bad_ones(champion, tmp_path):
     params, paths = champion
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "red.png").write_bytes(png_bytes())
     (tmp_path / "img" / "blue.png").write_bytes(png_bytes((0, 0, 255)))

@@ -38,15 +38,15 @@ def by_name(results):
     return {r.name: r for r in results}
 
 
-def run_all(frame, names, expected=None, level="error", max_share=0.95):
-    return pc.run_all(frame, names, len(frame) if expected is None else expected,
+def run_checks(frame, names, expected=None, level="error", max_share=0.95):
+    return pc.run_checks(frame, names, len(frame) if expected is None else expected,
                       min_class_share=0.0, max_class_share=max_share, class_share_level=level,
                       sum_tolerance=1e-4)
 
 
 @pytest.mark.parametrize("names", [BINARY, SEVEN])
 def test_sane_frame_passes_every_check(names):
-    results = run_all(predictions(names, n=70), names)
+    results = run_checks(predictions(names, n=70), names)
     assert [r.name for r in results if not r.passed] == []
     assert len(results) == 7 + len(names) + (1 if len(names) == 2 else 2)
 
@@ -97,7 +97,7 @@ def test_null_probability_fails_null_and_sum_checks():
 
 def test_missing_probability_column_fails_early():
     frame = predictions(BINARY).drop(columns=["prob_hateful"])
-    results = by_name(run_all(frame, BINARY))
+    results = by_name(run_checks(frame, BINARY))
     assert not results["required_columns"].passed
     assert "prob_hateful" in results["required_columns"].detail
 
@@ -160,7 +160,8 @@ def write_inputs(root, frame, test_samples):
     val = frame.assign(split="val", id=frame["id"] + ":val")
     pd.concat([val, frame]).to_parquet(paths.predictions)
     paths.shard_sizes.write_text(json.dumps({"task": "hateful_memes", "class_names": BINARY,
-                                             "splits": {"test": {"samples": test_samples}}}))
+                                             "splits": {"test": {"samples": test_samples,
+                                                                 "shards": []}}}))
     return paths
 
 
