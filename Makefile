@@ -32,7 +32,8 @@ bench: install
 
 # The GPU path measured (tests/bench/test_bench_gpu.py); on a machine without CUDA it runs the
 # tiny config and says the GPU figures are absent. README, "GPU", has the device recipe.
-bench-gpu: install
+# `make bench-gpu PY=python3` skips the install (a GPU image's own Python, wheels from gpu-wheels).
+bench-gpu: $(if $(filter .venv/bin/python,$(PY)),install)
 	$(PY) -m pytest tests/bench/test_bench_gpu.py -s -p no:cacheprovider --timeout=3600
 
 # Wheels for a GPU machine without a package registry whose image has torch (Python 3.12) but
