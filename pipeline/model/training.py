@@ -212,7 +212,7 @@ def train_epoch(ctx: LoopContext, batches: Iterable[Batch], steps: int, epoch: i
         with no_sync():
             loss, _ = _loss(ctx, ctx.model, batch)
             ctx.scaler.scale(loss / accum).backward()
-        loss_sum += loss.detach() * len(batch)
+        loss_sum += loss.detach().double() * len(batch)
         samples += len(batch)
         if syncing:
             if ctx.train.grad_clip_norm > 0:
