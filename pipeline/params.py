@@ -6,14 +6,24 @@ with a message that names the key and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+                      model_validator)
 
 Task = Literal["hateful_memes", "moderation7"]
 Split = Literal["train", "val", "test"]
 SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco", "incoming"]
+
+
+def _switch_from_yaml(value: object) -> object:
+    # YAML 1.1 (PyYAML, `dvc exp run -S`) reads a bare on/off as true/false
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+# A speed-up switch: `auto` turns it on when training runs on CUDA and off on CPU.
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch_from_yaml)]
 
 
 class Section(BaseModel):
@@ -179,6 +189,12 @@ class TrainParams(Section):
     early_stopping_patience: int = Field(8, ge=0)  # 0 turns early stopping off
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    # Speed-up switches, each measured on and off by `make bench-gpu` (README, "GPU").
+    tf32: Switch = "auto"  # TF32 matmuls/convolutions for what runs in fp32; no effect on CPU
+    channels_last: Switch = "off"  # NHWC images and conv weights (a ViT has one conv)
+    fused_adamw: Switch = "auto"  # AdamW as one fused kernel
+    compile: Switch = "off"  # torch.compile the training forward/backward (minutes to compile)
+    pin_memory: Switch = "auto"  # page-locked batches, async host-to-GPU copies; CUDA only
 
 
 class EvaluateParams(Section):
@@ -270,6 +286,11 @@ class Params(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())
+
+
+def switch_on(value: Switch, cuda: bool) -> bool:
+    """A speed-up switch resolved for the device: `auto` follows whether it is CUDA."""
+    return value == "on" or (value == "auto" and cuda)
 
 
 class ParamsError(ValueError):

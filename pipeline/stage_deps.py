@@ -20,8 +20,9 @@ from pathlib import Path
 
 PACKAGE = "pipeline"
 STAGE_PACKAGE = f"{PACKAGE}.stages"
+# Pinned host memory only changes how batches travel to the GPU, never a result.
 RUNTIME_ONLY = frozenset({"ingest.workers", "shard.workers", "train.num_workers",
-                          "train.device"})
+                          "train.device", "train.pin_memory"})
 
 
 def module_file(root: Path, dotted: str) -> Path | None:

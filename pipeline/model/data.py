@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import taxonomy
 from pipeline.contracts import ShardIndex
-from pipeline.params import TrainParams
+from pipeline.params import TrainParams, switch_on
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
 Tokenize = Callable[[list[str]], torch.Tensor]
@@ -70,8 +70,10 @@ class Batch:
         return Batch(self.images.pin_memory(), self.tokens.pin_memory(), self.labels.pin_memory(),
                      self.valid.pin_memory(), self.ids, self.skipped)
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.images.to(device, non_blocking=True), self.tokens.to(device),
+    def to(self, device: torch.device | str,
+           memory_format: torch.memory_format = torch.contiguous_format) -> "Batch":
+        return Batch(self.images.to(device, non_blocking=True, memory_format=memory_format),
+                     self.tokens.to(device),
                      self.labels.to(device), self.valid.to(device), self.ids, self.skipped)
 
 
@@ -360,11 +362,19 @@ class EvalStream(IterableDataset):
 
 # ---------------------------------------------------------------- loaders
 
-def _loader(dataset: IterableDataset, num_workers: int, seed: int) -> DataLoader:
+def pin_memory(choice: str, device_choice: str = "auto") -> bool:
+    """Pinning only pays (and only works) when batches go to a CUDA device."""
+    cuda = device_choice != "cpu" and torch.cuda.is_available()
+    return cuda and switch_on(choice, cuda)
+
+
+def _loader(dataset: IterableDataset, num_workers: int, seed: int, pin: bool) -> DataLoader:
     # A private generator keeps DataLoader's worker seeding off the global RNG (resume parity).
+    # persistent_workers stays off: a loader is built per epoch (its streams are seeded by the
+    # epoch), so kept workers would serve no second pass; `make bench-gpu` measures their start.
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, generator=generator,
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      persistent_workers=False, pin_memory=pin)
 
 
 def train_loader(shards_root: Path, sizes: dict, train: TrainParams, preprocess: Preprocess,
@@ -375,7 +385,8 @@ def train_loader(shards_root: Path, sizes: dict, train: TrainParams, preprocess:
                          class_weights(sizes, names, train.upsampling), preprocess, tokenize,
                          sizes["task"], train.batch_size, train.shuffle_buffer, train.seed, epoch,
                          rank, epoch_samples(train, sizes))
-    return _loader(stream, train.num_workers, train.seed + epoch)
+    return _loader(stream, train.num_workers, train.seed + epoch,
+                   pin_memory(train.pin_memory, train.device))
 
 
 def eval_loader(shards_root: Path, split: str, sizes: dict, batch_size: int,
@@ -384,4 +395,4 @@ def eval_loader(shards_root: Path, split: str, sizes: dict, batch_size: int,
     """Every sample of `split` exactly once across ranks, in a stable order, with ids."""
     stream = EvalStream(split_shards(shards_root, split), preprocess, tokenize,
                         sizes["task"], batch_size, rank, world_size)
-    return _loader(stream, num_workers, 0)
+    return _loader(stream, num_workers, 0, pin_memory("auto"))

@@ -27,7 +27,7 @@ from torch import nn
 from pipeline import metrics as metric_fns
 from pipeline.model.checkpoints import CheckpointStore, TrainerState
 from pipeline.model.data import Batch
-from pipeline.params import TrainParams
+from pipeline.params import TrainParams, switch_on
 
 # (metrics row, epoch) → None; called on rank 0 after every epoch
 EpochLogger = Callable[[dict, int], None]
@@ -124,6 +124,23 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+# torch.compile's backend; tests swap in "eager" to check the traced graph without the minutes
+# inductor spends generating kernels on a CPU.
+COMPILE_BACKEND = "inductor"
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matmuls and convolutions (Ampere and later); process-wide flags, CUDA only."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def memory_format(train: TrainParams, device: torch.device) -> torch.memory_format:
+    cuda = device.type == "cuda"
+    return torch.channels_last if switch_on(train.channels_last, cuda) else \
+        torch.contiguous_format
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -151,6 +168,7 @@ class LoopContext:
     dist: DistContext
     step_hook: StepHook | None = None
     global_step: int = 0
+    memory_format: torch.memory_format = torch.contiguous_format  # of the image batches
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -179,12 +197,14 @@ def _all_reduce_sum(values: list[float], ctx: LoopContext) -> list[float]:
 def train_epoch(ctx: LoopContext, batches: Iterable[Batch], steps: int, epoch: int) -> dict:
     ctx.model.train()
     accum = ctx.train.grad_accum_steps
-    loss_sum = samples = skipped = 0.0
+    samples = skipped = 0.0
+    # summed on the device: a .item() per step would make the host wait for the GPU every step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
     started = time.perf_counter()
     ctx.optimizer.zero_grad(set_to_none=True)
     for micro, batch in enumerate(islice(batches, steps)):
         skipped += len(batch.skipped)
-        batch = batch.to(ctx.device)
+        batch = batch.to(ctx.device, ctx.memory_format)
         syncing = (micro + 1) % accum == 0
         # DDP all-reduces gradients on every backward unless told not to; only the last
         # micro-batch of an accumulation window needs it
@@ -192,7 +212,7 @@ def train_epoch(ctx: LoopContext, batches: Iterable[Batch], steps: int, epoch: i
         with no_sync():
             loss, _ = _loss(ctx, ctx.model, batch)
             ctx.scaler.scale(loss / accum).backward()
-        loss_sum += loss.item() * len(batch)
+        loss_sum += loss.detach().double() * len(batch)
         samples += len(batch)
         if syncing:
             if ctx.train.grad_clip_norm > 0:
@@ -205,8 +225,9 @@ def train_epoch(ctx: LoopContext, batches: Iterable[Batch], steps: int, epoch: i
             ctx.global_step += 1
             if ctx.step_hook is not None:
                 ctx.step_hook(epoch, ctx.global_step)
+    loss_total = loss_sum.item()  # waits for the last step, so the time below covers it
     seconds = time.perf_counter() - started
-    loss_sum, samples, skipped = _all_reduce_sum([loss_sum, samples, skipped], ctx)
+    loss_sum, samples, skipped = _all_reduce_sum([loss_total, samples, skipped], ctx)
     return {"train_loss": loss_sum / max(samples, 1), "samples_per_s": samples / seconds,
             "train_samples": int(samples), "skipped_train": int(skipped),
             "lr": ctx.scheduler.get_last_lr()[0], "train_seconds": seconds}
@@ -223,7 +244,7 @@ def predict(ctx: LoopContext, batches: Iterable[Batch]) -> dict:
         skipped += len(batch.skipped)
         if len(batch) == 0:
             continue
-        batch = batch.to(ctx.device)
+        batch = batch.to(ctx.device, ctx.memory_format)
         with ctx.autocast():
             output = ctx.module(batch.images, batch.tokens)
             loss, _ = ctx.loss_fn(output, batch.labels, batch.valid, ctx.train.ce_weight,
@@ -261,6 +282,37 @@ def validate(ctx: LoopContext, batches: Iterable[Batch], task: str) -> dict:
 
 # ---------------------------------------------------------------- the whole run
 
+def make_context(module: nn.Module, *, train: TrainParams, loss_fn: LossFn,
+                 device: torch.device, total_steps: int, dist: DistContext = DistContext(),
+                 ddp: bool | None = None, step_hook: StepHook | None = None) -> LoopContext:
+    """Optimizer, schedule, AMP and the speed-up switches of `train` around `module` (already on
+    `device`). `ddp` wraps it in DistributedDataParallel (default: when several ranks run; the
+    bench also wraps a single rank to measure DDP's own cost)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        set_tf32(switch_on(train.tf32, cuda))
+    images_format = memory_format(train, device)
+    module.to(memory_format=images_format)  # only 4-d weights (the patch conv) change layout
+    model = module
+    wrap = dist.enabled if ddp is None else ddp
+    if wrap:
+        # find_unused_parameters: text-only/image-only baselines and contrastive_weight 0 leave
+        # some trainable parameters out of the graph
+        model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if cuda else None, find_unused_parameters=True)
+    if switch_on(train.compile, cuda):
+        model = torch.compile(model, backend=COMPILE_BACKEND)
+    amp_dtype, use_scaler = resolve_amp(train.amp, device)
+    # fused=None leaves torch's own choice (foreach); the fused kernel is asked for explicitly
+    optimizer = torch.optim.AdamW(param_groups(module, train.weight_decay), lr=train.lr,
+                                  fused=switch_on(train.fused_adamw, cuda) or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  warmup_cosine(total_steps, train.warmup_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    return LoopContext(model, module, optimizer, scheduler, scaler, loss_fn, train, device,
+                       amp_dtype, dist, step_hook, memory_format=images_format)
+
+
 @dataclass
 class FitResult:
     history: list[dict]
@@ -289,22 +341,10 @@ def fit(model: nn.Module, *, train_batches: Callable[[int], Iterable[Batch]],
     they belong to `params_hash`. `train_batches(epoch)` yields at least `steps_per_epoch`
     micro-batches; `val_batches()` yields this rank's share of the validation split. On return,
     the model holds the best epoch's weights."""
-    module = model
-    if dist.enabled:
-        # find_unused_parameters: text-only/image-only baselines and contrastive_weight 0 leave
-        # some trainable parameters out of the graph
-        model = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
-    amp_dtype, use_scaler = resolve_amp(train.amp, device)
-    optimizer = torch.optim.AdamW(param_groups(module, train.weight_decay), lr=train.lr,
-                                  fused=device.type == "cuda" or None)
     total_steps = train.epochs * steps_per_epoch // train.grad_accum_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  warmup_cosine(total_steps, train.warmup_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    ctx = LoopContext(model, module, optimizer, scheduler, scaler, loss_fn, train, device,
-                      amp_dtype, dist, step_hook)
+    ctx = make_context(model, train=train, loss_fn=loss_fn, device=device,
+                       total_steps=total_steps, dist=dist, step_hook=step_hook)
+    module, optimizer, scheduler, scaler = ctx.module, ctx.optimizer, ctx.scheduler, ctx.scaler
 
     state = TrainerState(epoch=-1, global_step=0, best_metric=None, best_epoch=None,
                          epochs_without_improvement=0, history=[], params_hash=params_hash,

@@ -10,6 +10,7 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Callable
 
 import webdataset as wds
 from PIL import Image
@@ -34,9 +35,14 @@ def jpeg_bytes(label: int, rng: random.Random, side: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def sample(task: str, split: str, index: int, label: int, rng: random.Random) -> dict:
+# (label, rng) → the sample's JPEG bytes
+ImageMaker = Callable[[int, random.Random], bytes]
+
+
+def sample(task: str, split: str, index: int, label: int, rng: random.Random,
+           image: ImageMaker = jpeg_bytes) -> dict:
     item_id = f"test:{split}.{index}"
-    return {"__key__": key_of(item_id), "jpg": jpeg_bytes(label, rng),
+    return {"__key__": key_of(item_id), "jpg": image(label, rng),
             "txt": f"a {WORDS[label % len(WORDS)]} post number {index}".encode(),
             "cls": str(label).encode(),
             "json": json.dumps({"id": item_id, "source": "test", "split": split, "label": label,
@@ -58,12 +64,13 @@ def _write(folder: Path, samples: list[dict], per_shard: int) -> list[str]:
 
 def write_shards(root: Path, task: str = "hateful_memes",
                  counts: dict[str, dict[int, int]] | None = None, per_shard: int = 16,
-                 corrupt: dict[str, int] | None = None, seed: int = 0) -> dict:
+                 corrupt: dict[str, int] | None = None, seed: int = 0,
+                 image: ImageMaker = jpeg_bytes) -> dict:
     """Write train/class_<k>, val, test shards + sizes.json under `root`; returns sizes.
 
     `counts[split][label]` is the number of good samples; `corrupt[split]` extra bad samples
     (alternately a truncated jpg and a non-numeric cls), which sizes.json still counts, as the
-    shard stage would count what it wrote.
+    shard stage would count what it wrote. `image` makes each JPEG (default: a flat colour).
     """
     rng = random.Random(seed)
     n = taxonomy.num_classes(task)
@@ -75,7 +82,8 @@ def write_shards(root: Path, task: str = "hateful_memes",
     for split, per_label in counts.items():
         items = [(label, i) for label, c in per_label.items() for i in range(c)]
         rng.shuffle(items)
-        samples = [sample(task, split, idx, label, rng) for idx, (label, _) in enumerate(items)]
+        samples = [sample(task, split, idx, label, rng, image)
+                   for idx, (label, _) in enumerate(items)]
         for j in range(corrupt.get(split, 0)):
             bad = sample(task, split, 10_000 + j, 0, rng)
             if j % 2 == 0:
