@@ -13,6 +13,7 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -88,12 +89,22 @@ def writable(value: object) -> str | None:
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+MAX_ID_CHARS = 512
+
+
+def id_problem(record_id: str) -> str | None:
+    """Why an id cannot be carried through the pipeline (manifest, shards, reports), or None.
+    Lone surrogates cannot be written as UTF-8; control characters (NUL, newlines, escapes)
+    break every line-oriented report that names the id."""
+    if len(record_id) > MAX_ID_CHARS:
+        return f"the id has {len(record_id)} characters, over {MAX_ID_CHARS}"
+    for char in record_id:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "the id holds a lone surrogate, which no UTF-8 file can store"
+        if category == "Cc":
+            return f"the id holds the control character {char!r}"
+    return None
 
 
 def split_for_id(record_id: str, fractions: SplitFractions) -> str:
@@ -121,11 +132,11 @@ def examine(record: RawRecord, settings: _Settings) -> Outcome:
 
 def _examine(record: RawRecord, settings: _Settings) -> Outcome:
     record_id = f"{record.source}:{record.source_id}"
-    if not _encodable(record_id):
-        outcome = Outcome(writable(record_id), record.source, writable(record.source_id),
-                          record.split or "unknown")
-        outcome.quarantine("invalid_id", "the id holds a lone surrogate, which no UTF-8 "
-                                         "file can store")
+    problem = id_problem(record_id)
+    if problem:
+        outcome = Outcome(writable(record_id[:MAX_ID_CHARS]), record.source,
+                          writable(record.source_id[:MAX_ID_CHARS]), record.split or "unknown")
+        outcome.quarantine("invalid_id", problem)
         return outcome
     split = record.split or split_for_id(record_id, settings.split_fractions)
     outcome = Outcome(record_id, record.source, record.source_id, split)
