@@ -9,15 +9,11 @@ rows actually written to the manifest and the quarantine.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import multiprocessing
 import os
 import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +27,7 @@ from pipeline.errors import StageFailed
 from pipeline.params import Params, SplitFractions
 from pipeline.paths import SPLITS, Paths
 from pipeline.sources.base import RawRecord
+from pipeline.workers import process_pool
 
 STAGE = "ingest"
 
@@ -167,37 +164,14 @@ def _examine(record: RawRecord, settings: _Settings) -> Outcome:
     return outcome
 
 
-# Records handed to the pool at a time: bounds memory on million-row sources while keeping
-# every worker busy.
-_WINDOW = 4096
-
-
 def examine_all(records: Iterable[RawRecord], settings: _Settings, workers: int) -> list[Outcome]:
     """examine() over every record, in input order, with a progress bar."""
     check = partial(examine, settings=settings)
     progress = partial(tqdm, desc="ingest", unit="rec", mininterval=1.0)
     if workers <= 1:
         return list(progress(map(check, records)))
-    outcomes: list[Outcome] = []
-    # fork: workers inherit the imported modules, so start-up costs milliseconds, not seconds.
-    # The pool is made before tqdm starts its monitor thread: forking a threaded process is unsafe.
-    # concurrent.futures rather than multiprocessing.Pool: when a worker dies (OOM killer, a
-    # signal) the Pool waits forever for its results; the executor raises BrokenProcessPool.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pool.submit(int).result()  # forks every worker now, before tqdm's thread exists
-        iterator = iter(records)
-        with progress() as bar:
-            while window := list(itertools.islice(iterator, _WINDOW)):
-                try:
-                    outcomes.extend(pool.map(check, window, chunksize=16))  # keeps input order
-                except BrokenProcessPool:
-                    raise StageFailed(
-                        f"ingest: an image worker process died (killed by a signal or by the "
-                        f"out-of-memory killer?) after {len(outcomes)} records; nothing was "
-                        "written. Rerun with ingest.workers: 1 to find the record, or give the "
-                        "machine more memory.") from None
-                bar.update(len(window))
-    return outcomes
+    with process_pool(workers, STAGE) as ordered_map:
+        return list(progress(ordered_map(check, records)))
 
 
 def resolve_repeated_ids(outcomes: list[Outcome]) -> None:

@@ -137,5 +137,5 @@ def test_a_killed_worker_fails_the_stage_instead_of_hanging(tmp_path):
             process.kill()
             process.wait()
     assert process.returncode != 0
-    assert "STAGE FAILED: ingest: an image worker process died" in stderr
+    assert "STAGE FAILED: ingest: a worker process died" in stderr
     assert not Paths(tmp_path).ingest_manifest.exists()  # nothing half-written
