@@ -477,3 +477,18 @@ def test_fakeddit_unclosed_quote_costs_one_record_with_its_line_number(tmp_path)
     # a quote inside an unquoted field is a literal quote, as csv reads it
     (tmp_path / "multimodal_train.tsv").write_bytes(header + b'b1\tsay "hi" now\t4\n')
     assert [r.text for r in fakeddit.read(tmp_path, "moderation7")] == ['say "hi" now']
+
+
+def test_hateful_memes_fetch_never_checks_or_copies_names_that_leave_the_folder(tmp_path):
+    root, snapshot = tmp_path / "land" / "hm", tmp_path / "snap"
+    (root / "img").mkdir(parents=True)
+    (snapshot / "img").mkdir(parents=True)
+    (snapshot / "img" / "ok.png").write_bytes(b"png")
+    (tmp_path / "escape.png").write_bytes(b"not to be copied")
+    # snapshot / "../escape.png" exists; root / "../escape.png" is land/escape.png
+    lines = [{"id": 1, "img": "img/ok.png"}, {"id": 2, "img": "../escape.png"},
+             {"id": 3, "img": "/etc/passwd"}, {"id": 4, "img": "img/a\u0000b.png"}]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert hateful_memes.missing_images(root) == ["img/ok.png"]
+    assert hateful_memes.fill_missing_from_snapshot(snapshot, root) == 1
+    assert not (tmp_path / "land" / "escape.png").exists()
