@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-slow bench bench-gpu gpu-wheels quality lock clean
+.PHONY: install run test test-slow test-hostile bench bench-gpu gpu-wheels quality lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -35,6 +35,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest tests -m slow --durations=25
+
+# The hostile-input corpus (every source format, every bad row kind) through the data stages.
+test-hostile: install
+	$(PY) -m pytest tests/hostile -p no:cacheprovider
 
 bench: install
 	$(PY) -m pytest tests/bench -s -p no:cacheprovider --timeout=3600

@@ -181,9 +181,22 @@ def referenced_images(root: Path) -> list[str]:
                     item = json.loads(line)
                 except (ValueError, UnicodeDecodeError):
                     continue
-                if isinstance(item, dict) and isinstance(item.get("img"), str) and item["img"]:
+                if isinstance(item, dict) and _stays_inside(item.get("img")):
                     seen[item["img"]] = None
     return list(seen)
+
+
+def _stays_inside(name: object) -> bool:
+    """A relative path without `..`, NUL or a lone surrogate: the only names fetch may check or
+    copy under the landing folder (ingest quarantines the rest as path_outside_dataset)."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and ".." not in path.parts
 
 
 def missing_images(root: Path) -> list[str]:

@@ -9,14 +9,11 @@ rows actually written to the manifest and the quarantine.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import multiprocessing
 import os
 import shutil
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,6 +27,7 @@ from pipeline.errors import StageFailed
 from pipeline.params import Params, SplitFractions
 from pipeline.paths import SPLITS, Paths
 from pipeline.sources.base import RawRecord
+from pipeline.workers import process_pool
 
 STAGE = "ingest"
 
@@ -78,12 +76,22 @@ def writable(value: object) -> str | None:
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
+MAX_ID_CHARS = 512
+
+
+def id_problem(record_id: str) -> str | None:
+    """Why an id cannot be carried through the pipeline (manifest, shards, reports), or None.
+    Lone surrogates cannot be written as UTF-8; control characters (NUL, newlines, escapes)
+    break every line-oriented report that names the id."""
+    if len(record_id) > MAX_ID_CHARS:
+        return f"the id has {len(record_id)} characters, over {MAX_ID_CHARS}"
+    for char in record_id:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "the id holds a lone surrogate, which no UTF-8 file can store"
+        if category == "Cc":
+            return f"the id holds the control character {char!r}"
+    return None
 
 
 def split_for_id(record_id: str, fractions: SplitFractions) -> str:
@@ -111,11 +119,11 @@ def examine(record: RawRecord, settings: _Settings) -> Outcome:
 
 def _examine(record: RawRecord, settings: _Settings) -> Outcome:
     record_id = f"{record.source}:{record.source_id}"
-    if not _encodable(record_id):
-        outcome = Outcome(writable(record_id), record.source, writable(record.source_id),
-                          record.split or "unknown")
-        outcome.quarantine("invalid_id", "the id holds a lone surrogate, which no UTF-8 "
-                                         "file can store")
+    problem = id_problem(record_id)
+    if problem:
+        outcome = Outcome(writable(record_id[:MAX_ID_CHARS]), record.source,
+                          writable(record.source_id[:MAX_ID_CHARS]), record.split or "unknown")
+        outcome.quarantine("invalid_id", problem)
         return outcome
     split = record.split or split_for_id(record_id, settings.split_fractions)
     outcome = Outcome(record_id, record.source, record.source_id, split)
@@ -146,37 +154,14 @@ def _examine(record: RawRecord, settings: _Settings) -> Outcome:
     return outcome
 
 
-# Records handed to the pool at a time: bounds memory on million-row sources while keeping
-# every worker busy.
-_WINDOW = 4096
-
-
 def examine_all(records: Iterable[RawRecord], settings: _Settings, workers: int) -> list[Outcome]:
     """examine() over every record, in input order, with a progress bar."""
     check = partial(examine, settings=settings)
     progress = partial(tqdm, desc="ingest", unit="rec", mininterval=1.0)
     if workers <= 1:
         return list(progress(map(check, records)))
-    outcomes: list[Outcome] = []
-    # fork: workers inherit the imported modules, so start-up costs milliseconds, not seconds.
-    # The pool is made before tqdm starts its monitor thread: forking a threaded process is unsafe.
-    # concurrent.futures rather than multiprocessing.Pool: when a worker dies (OOM killer, a
-    # signal) the Pool waits forever for its results; the executor raises BrokenProcessPool.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        pool.submit(int).result()  # forks every worker now, before tqdm's thread exists
-        iterator = iter(records)
-        with progress() as bar:
-            while window := list(itertools.islice(iterator, _WINDOW)):
-                try:
-                    outcomes.extend(pool.map(check, window, chunksize=16))  # keeps input order
-                except BrokenProcessPool:
-                    raise StageFailed(
-                        f"ingest: an image worker process died (killed by a signal or by the "
-                        f"out-of-memory killer?) after {len(outcomes)} records; nothing was "
-                        "written. Rerun with ingest.workers: 1 to find the record, or give the "
-                        "machine more memory.") from None
-                bar.update(len(window))
-    return outcomes
+    with process_pool(workers, STAGE) as ordered_map:
+        return list(progress(ordered_map(check, records)))
 
 
 def resolve_repeated_ids(outcomes: list[Outcome]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from pipeline.contracts import ShardIndex
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import SPLITS, Paths
+from pipeline.workers import process_pool
 
 SHARD_PATTERN = "shard-%06d.tar"
 # Below this many images a process pool costs more to start than it saves.
@@ -187,10 +187,9 @@ def _encoded_images(groups: list[ShardGroup], root: Path, params: Params,
     if workers <= 1 or len(jobs) < MIN_ROWS_FOR_POOL:
         yield from map(_encode_job, jobs)
         return
-    # fork: workers inherit the imported modules (webdataset pulls in torch, seconds to import
-    # again); imap keeps the manifest order, so output does not depend on scheduling.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(_encode_job, jobs, chunksize=16)
+    # Results come in manifest order, so output does not depend on scheduling.
+    with process_pool(workers, "shard") as ordered_map:
+        yield from ordered_map(_encode_job, jobs)
 
 
 def _write_group(group: ShardGroup, encoded: Iterator, shards_root: Path,

@@ -16,7 +16,7 @@ import requests
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline import registry, tracking
+from pipeline import registry, serving, tracking
 from pipeline.cli import app
 from pipeline.paths import Paths
 from pipeline.params import parse_params
@@ -106,6 +106,30 @@ def test_bad_input_keeps_its_one_line_message():
     error.message = "Failed to predict data '<a huge frame>'. \nError: row 3"
     assert error.message == "row 3: image rejected (corrupt_image)"
     assert json.loads(error.serialize_as_json())["message"] == error.message
+
+
+def test_threads_sharing_the_loaded_model_get_single_thread_answers(champion):
+    """MLflow's scoring server runs requests in threads over one loaded model: no call may
+    switch the model's mode under another."""
+    params, _ = champion
+    with registry.using_store(params.registry.tracking_uri):
+        model = mlflow.pyfunc.load_model(f"models:/{registry.model_name(params)}@champion")
+    frame = pd.DataFrame({"image": [b64(fx.png_bytes(seed)) for seed in range(16)],
+                          "text": [f"caption {seed}" for seed in range(16)]})
+    single = model.predict(frame)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: model.predict(frame), range(16)))
+    for answer in answers:
+        pd.testing.assert_frame_equal(answer, single, check_exact=True)
+
+
+def test_limits_travel_in_the_model_config():
+    params = parse_params({"serving": {"max_rows": 7}, "ingest": {"max_text_chars": 50}})
+    limits = serving.limits_from_config(serving.model_config(params))
+    assert limits.max_rows == 7 and limits.max_text_chars == 50
+    assert serving.limits_from_config(None) == LIMITS
+    with pytest.raises(BadInput, match="serving.max_rows = 7"):
+        serving.check_request(pd.DataFrame({"image": ["x"] * 8, "text": ["t"] * 8}), limits)
 
 
 @pytest.mark.slow

@@ -440,3 +440,55 @@ def test_coco_fetch_from_local_dir_and_from_zip_urls(tmp_path):
             if r.problem is None] == [True, True]
     with pytest.raises(FetchError, match="local_dir or fetch.coco.urls"):
         coco.fetch(dest, params_with(coco={"urls": []}))
+
+
+def test_fakeddit_reads_every_record_pandas_writes(tmp_path):
+    """The published TSVs are written by pandas: titles holding newlines, tabs and quotes are
+    quoted, and each must stay one record (a line-by-line reader split them in two)."""
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(0)
+    pieces = ["plain", "a\nnewline", "a\ttab", 'a "quote"', "\r\n", '"', "x" * 300, "é"]
+    titles = [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))) for _ in range(3000)]
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(len(titles))], "clean_title": titles,
+                          "6_way_label": [i % 6 for i in range(len(titles))],
+                          "hasImage": True})
+    frame.to_csv(tmp_path / "multimodal_train.tsv", sep="\t")
+    records = list(fakeddit.read(tmp_path, "moderation7"))
+    assert [r.problem for r in records if r.problem] == []
+    assert [r.source_id for r in records] == list(frame["id"])
+    assert [r.text for r in records] == titles
+    assert [r.raw_label for r in records] == list(frame["6_way_label"])
+
+
+def test_fakeddit_unclosed_quote_costs_one_record_with_its_line_number(tmp_path):
+    header = b"id\tclean_title\t6_way_label\n"
+    body = (b'a1\t"two\nlines"\t0\n'           # lines 2-3: one record
+            b'a2\t"never closed\t1\n'            # line 4
+            b"a3\tfine\t2\n"                     # line 5: read again after the bad one
+            b"a4\tnot quoted inside\t3\n")       # line 6
+    (tmp_path / "multimodal_train.tsv").write_bytes(header + body)
+    records = list(fakeddit.read(tmp_path, "moderation7"))
+    assert [(r.source_id, (r.problem or "").split(":")[0]) for r in records] == [
+        ("a1", ""), ("multimodal_train.tsv:4", "malformed_tsv"), ("a3", ""), ("a4", "")]
+    assert records[0].text == "two\nlines"
+    # a quote inside an unquoted field is a literal quote, as csv reads it
+    (tmp_path / "multimodal_train.tsv").write_bytes(header + b'b1\tsay "hi" now\t4\n')
+    assert [r.text for r in fakeddit.read(tmp_path, "moderation7")] == ['say "hi" now']
+
+
+def test_hateful_memes_fetch_never_checks_or_copies_names_that_leave_the_folder(tmp_path):
+    root, snapshot = tmp_path / "land" / "hm", tmp_path / "snap"
+    (root / "img").mkdir(parents=True)
+    (snapshot / "img").mkdir(parents=True)
+    (snapshot / "img" / "ok.png").write_bytes(b"png")
+    (tmp_path / "escape.png").write_bytes(b"not to be copied")
+    # snapshot / "../escape.png" exists; root / "../escape.png" is land/escape.png
+    lines = [{"id": 1, "img": "img/ok.png"}, {"id": 2, "img": "../escape.png"},
+             {"id": 3, "img": "/etc/passwd"}, {"id": 4, "img": "img/a\u0000b.png"}]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert hateful_memes.missing_images(root) == ["img/ok.png"]
+    assert hateful_memes.fill_missing_from_snapshot(snapshot, root) == 1
+    assert not (tmp_path / "land" / "escape.png").exists()
