@@ -73,7 +73,7 @@ def _batch(root: Path, name: str, rows: list[dict], shift: bool) -> None:
 
 
 def _test_rows(root: Path) -> list[dict]:
-    """40 clean test items of the synthetic source (its planted defects left out)."""
+    """Up to 40 clean test items of the synthetic source (its planted defects left out)."""
     folder = root / "data/synthetic/hateful_memes"
     planted = json.loads((folder / "planted.json").read_text())
     defects = {d["id"] for d in planted["defects"]}
@@ -104,6 +104,7 @@ def loop(tmp_path_factory, migrated_db):
 
     dag("first", "mmguard_retrain", {"source": ["synthetic"]}, db=migrated_db)
     rows = _test_rows(root)
+    steps["batch_rows"] = len(rows)
     lock = (root / "dvc.lock").read_text()
     _batch(root, "2025-01-01-similar", rows, shift=False)
     dag("similar", "mmguard_drift_monitor", {})
@@ -190,7 +191,7 @@ def test_triggered_retrain_ingests_the_batch(loop):
     assert retrain["tasks"]["ingest"] == "success", retrain["log"][-5000:]
     manifest = pd.read_parquet(root / "artifacts/ingest/manifest.parquet")
     batch = manifest[manifest["source"] == "incoming"]
-    assert len(batch) == 80  # both batches are training data now: 40 items each
+    assert len(batch) == 2 * steps["batch_rows"]  # both batches are training data now
     assert set(batch["source_id"].str.split("/").str[0]) == {"2025-01-01-similar",
                                                              "2025-01-02-shifted"}
 
