@@ -137,8 +137,11 @@ def _lock_tags(client, lock: str) -> dict | None:
 
 
 def _busy(exc) -> bool:
-    """A concurrent writer on the same SQLite file: retry like a held lock."""
-    return "database is locked" in str(exc) or exc.error_code == "RESOURCE_ALREADY_EXISTS"
+    """Retry like a held lock: the lock exists; a concurrent writer holds the SQLite file; or
+    (seen on `mlflow server`) creating the name right after its holder deleted it answered
+    RESOURCE_DOES_NOT_EXIST."""
+    return "database is locked" in str(exc) or exc.error_code in (
+        "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 
 
 @contextmanager

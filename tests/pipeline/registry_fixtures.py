@@ -151,5 +151,6 @@ def bare_versions(client, name: str, count: int) -> list[str]:
     """Registered versions with no model behind them: enough for alias moves, which never load
     the model (the gate that would is given its decision directly)."""
     client.create_registered_model(name)
-    return [str(client.create_model_version(name, f"file:///nonexistent/{name}/{i}").version)
+    # a remote-looking source: a tracking server refuses local paths outside a run
+    return [str(client.create_model_version(name, f"s3://bare-versions/{name}/{i}").version)
             for i in range(count)]
