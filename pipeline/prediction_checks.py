@@ -15,13 +15,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import metrics
+from pipeline.contracts import probability_column  # serving and evaluate import it from here
 
 Level = Literal["error", "warning"]
-
-
-def probability_column(class_name: str) -> str:
-    """The predictions/serving column holding the probability of `class_name`."""
-    return f"prob_{class_name}"
 
 
 @dataclass(frozen=True)
