@@ -24,6 +24,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from PIL import Image
 
+from pipeline.monitoring import capture
 from pipeline.prediction_checks import probability_column
 
 INPUT_COLUMNS = ("image", "text")
@@ -104,7 +105,9 @@ class MMGuardPyfunc(PythonModel):
         if not images:
             return output_frame(np.zeros((0, len(self.class_names))), self.class_names)
         probs = self.model.predict_proba(images, texts, batch_size=batch_size)
-        return output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
+        output = output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
+        capture.record(context, model_input, images, texts, output)  # the monitoring log
+        return output
 
 
 mlflow.models.set_model(MMGuardPyfunc())
