@@ -31,6 +31,7 @@ import re
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -258,11 +259,24 @@ def _model_identity(context) -> dict:
     return identity
 
 
+_PAUSED = threading.Event()
+
+
+@contextmanager
+def paused():
+    """Scoring inside this block is not traffic (the promotion gate scoring the test set)."""
+    _PAUSED.set()
+    try:
+        yield
+    finally:
+        _PAUSED.clear()
+
+
 def record(context, model_input: pd.DataFrame, images: list, texts: list,
            output: pd.DataFrame) -> None:
     """The pyfunc's one call: queue a scored batch for the capture log (no-op when off)."""
     global _LOG
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not images:
+    if os.environ.get(ENV_SWITCH, "1") == "0" or _PAUSED.is_set() or not images:
         return
     if _LOG is None:
         with _LOG_LOCK:
