@@ -63,6 +63,10 @@ def _filesystem(uri: str):
     if "://" not in uri:
         Path(uri).mkdir(parents=True, exist_ok=True)
         return fs.LocalFileSystem(), uri
+    if uri.startswith("s3://"):
+        # The stack's S3 gateway is named the way MLflow's artifact store names it.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        return fs.S3FileSystem(endpoint_override=endpoint), uri[len("s3://"):].rstrip("/")
     return fs.FileSystem.from_uri(uri)
 
 
@@ -314,7 +318,7 @@ def parse_since(since: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * UNIT_SECONDS[match.group(2)])
 
 
-def read_log(uri: str, cutoff: datetime) -> pd.DataFrame:
+def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None) -> pd.DataFrame:
     """Captured rows at or after `cutoff`, oldest first (empty when there are none)."""
     import pyarrow.parquet as pq
     from pyarrow import fs
@@ -328,10 +332,17 @@ def read_log(uri: str, cutoff: datetime) -> pd.DataFrame:
                    and Path(f.path).parent.name >= first_day)
     if not files:
         return pd.DataFrame()
-    frame = pd.concat([pq.read_table(f, filesystem=filesystem).to_pandas() for f in files],
-                      ignore_index=True)
+    wanted = None if columns is None else sorted({"time", *columns})
+    frame = pd.concat([pq.read_table(f, filesystem=filesystem, columns=wanted).to_pandas()
+                       for f in files], ignore_index=True)
     frame = frame[frame["time"] >= pd.Timestamp(cutoff)]
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def traffic_rows(params: Params, root: Path, since: str) -> int:
+    """How many rows were captured in the last `since` (the drift monitor's "is there traffic")."""
+    cutoff = datetime.now(timezone.utc) - parse_since(since)
+    return len(read_log(log_location(params.monitoring, root), cutoff, columns=["time"]))
 
 
 def traffic_batch(params: Params, root: Path, since: str):

@@ -262,9 +262,11 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
                   "drifted_columns": [], "embedding_drift": {}, "embedding_drifted": {}}
         monitored = None
     else:
-        from pipeline.monitoring.embeddings import load_monitored_model
+        # Imported before the champion loads: loading a registered pyfunc puts its logged copy
+        # of the pipeline package first on sys.path, and that copy may predate these modules.
+        from pipeline.monitoring import embeddings, reports  # noqa: F401
 
-        monitored = load_monitored_model(params, paths)
+        monitored = embeddings.load_monitored_model(params, paths)
         class_list = list(monitored.model.class_names)
         if class_list != list(class_names(params.task)):
             raise StageFailed(f"the monitored model ({monitored.source}) classifies "
@@ -278,10 +280,10 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
     (out_dir / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     if monitored is not None and settings.log_to_mlflow:
-        from pipeline.monitoring.reports import log_drift_reports
-
-        stats["mlflow_run_id"] = log_drift_reports(params, paths.root, monitored.run_id, out_dir,
-                                                   summary)
+        stats["mlflow_run_id"] = reports.log_drift_reports(params, paths.root, monitored.run_id,
+                                                           out_dir, summary)
+        # Where the reports went, for whoever reads stats.json next.
+        (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return {**summary, "unreadable_images": context["unreadable_images"],
             "families": {k: v["drifted"] for k, v in result.get("families", {}).items()}}
 

@@ -182,6 +182,7 @@ def test_drift_since_without_traffic_and_with_another_tasks_traffic(tmp_path, ti
     result = runner.invoke(app, ["drift", "--since", "24h", "--root", str(paths.root),
                                  "--params", str(params_file), "--out", str(tmp_path / "empty")])
     assert result.exit_code == 0, result.output
+    assert capture.traffic_rows(parse_params({}), paths.root, "24h") == 0
     assert json.loads(result.stdout)["verdict"].startswith("too few rows to judge: the current "
                                                            "set has 0 readable rows")
 
@@ -190,6 +191,8 @@ def test_drift_since_without_traffic_and_with_another_tasks_traffic(tmp_path, ti
     log.record(files, images, texts, pd.DataFrame({"label": ["Hate"] * 3,
                                                     "prob_Hate": [0.9] * 3}))
     log.flush()
+    assert capture.traffic_rows(parse_params({}), paths.root, "24h") == 3
+    assert capture.traffic_rows(parse_params({}), paths.root, "0s") == 0
     result = runner.invoke(app, ["drift", "--since", "24h", "--root", str(paths.root),
                                  "--params", str(params_file)])
     assert result.exit_code == 1 and "not classes of task 'hateful_memes'" in result.output
