@@ -246,6 +246,15 @@ def _too_few(reference: Batch, current: Batch, min_rows: int) -> str | None:
     return None
 
 
+def _write_verdict_only_reports(out_dir: Path, reason: str) -> None:
+    """The report files still exist (DVC declares them) and say why there is no report."""
+    from html import escape
+
+    (out_dir / "report.html").write_text(
+        f"<!doctype html><title>drift</title><h1>No drift report</h1><p>{escape(reason)}</p>\n")
+    (out_dir / "report.json").write_text(json.dumps({"verdict": reason, "metrics": []}) + "\n")
+
+
 def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_dir: Path) -> dict:
     """Compare two batches and write drift.json and stats.json; the short summary."""
     settings = params.drift
@@ -261,6 +270,7 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
         result = {"dataset_drift": False, "verdict": reason, "drift_share": 0.0,
                   "drifted_columns": [], "embedding_drift": {}, "embedding_drifted": {}}
         monitored = None
+        _write_verdict_only_reports(out_dir, reason)
     else:
         # Imported before the champion loads: loading a registered pyfunc puts its logged copy
         # of the pipeline package first on sys.path, and that copy may predate these modules.

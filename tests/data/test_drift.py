@@ -182,7 +182,9 @@ def test_too_few_rows_is_a_verdict_not_a_crash(paths, case):
     expected = 1 if case == "one_row" else 0
     assert summary["n_current"] == expected
     assert result["unreadable_images"]["current"] == (0 if case == "one_row" else 40)
-    assert not (paths.drift_dir / "report.html").exists()
+    # The declared report files exist and carry the verdict instead of a report.
+    assert "too few rows to judge" in (paths.drift_dir / "report.html").read_text()
+    assert json.loads((paths.drift_dir / "report.json").read_text())["metrics"] == []
 
 
 def test_missing_manifest_and_missing_text_column_fail_clearly(paths):
