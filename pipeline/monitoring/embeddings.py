@@ -38,7 +38,8 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
     from pipeline import registry, tracking
 
     uri = tracking.tracking_uri(params, root)
-    if uri.startswith(tracking.SQLITE_PREFIX) and not Path(uri[len(tracking.SQLITE_PREFIX):]).exists():
+    store = uri[len(tracking.SQLITE_PREFIX):]
+    if uri.startswith(tracking.SQLITE_PREFIX) and not Path(store).exists():
         return None  # never create an empty store just to find it has no champion
     import mlflow
 

@@ -310,8 +310,8 @@ def _hateful_split(rng: np.random.Generator, captions: _Captions, params: Params
     words = _vocabulary(params)
 
     def neutral_spec():
-        return _image_spec(rng, params, _pick(rng, words.neutral_shapes), _pick(rng, tuple(HM_COLOURS)),
-                           HM_COLOURS)
+        return _image_spec(rng, params, _pick(rng, words.neutral_shapes),
+                           _pick(rng, tuple(HM_COLOURS)), HM_COLOURS)
 
     def object_caption():
         return captions.draw(TARGET_TEMPLATES, target=words.objects, scene=scenes)
@@ -345,8 +345,8 @@ def _moderation_draft(rng: np.random.Generator, captions: _Captions, params: Par
     scenes = _scene_words()
     words = _vocabulary(params)
     if label == "Hate":
-        spec = _image_spec(rng, params, _pick(rng, words.hostile_shapes), _pick(rng, tuple(M7_COLOURS)),
-                           M7_COLOURS)
+        spec = _image_spec(rng, params, _pick(rng, words.hostile_shapes),
+                           _pick(rng, tuple(M7_COLOURS)), M7_COLOURS)
         text = captions.draw(TARGET_TEMPLATES, target=words.groups, scene=scenes)
         return {"image": spec, "text": text, "hostile_image": True, "group_target": True,
                 "caption_shape": None, "caption_colour": None}

@@ -66,7 +66,8 @@ def test_every_scored_row_is_captured_with_its_fields(served, tmp_path):
     log = pd.read_parquet(part)
     assert list(log["text"]) == ["a red box", "a blue box"]
     assert list(log["image_sha256"]) == [hashlib.sha256(b).hexdigest() for b in images]
-    assert set(log["model_name"]) == {"mmguard-hateful_memes"} and set(log["model_version"]) == {"7"}
+    assert set(log["model_name"]) == {"mmguard-hateful_memes"}
+    assert set(log["model_version"]) == {"7"}
     assert list(log["prediction"]) == list(output["label"])
     probabilities = [json.loads(p) for p in log["probabilities"]]
     assert probabilities[1]["hateful"] == pytest.approx(output["prob_hateful"][1])
