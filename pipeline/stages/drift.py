@@ -74,7 +74,9 @@ def label_names(labels: pd.Series, task: str, where: str) -> pd.Series:
     comparing another task's labels would report a meaningless (total) label drift."""
     names = list(class_names(task))
     present = labels.dropna()
-    if present.map(lambda v: isinstance(v, (int, np.integer))).all():
+    # Parquet turns an int column with gaps into floats: 1.0 is still class index 1.
+    if present.map(lambda v: isinstance(v, (int, np.integer, float, np.floating))
+                   and float(v).is_integer()).all():
         bad = sorted({int(v) for v in present if not 0 <= int(v) < len(names)})
         if bad:
             raise StageFailed(f"{where}: label indices {bad[:10]} are outside task {task!r} "
