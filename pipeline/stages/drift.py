@@ -274,9 +274,7 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
         monitored = None
         _write_verdict_only_reports(out_dir, reason)
     else:
-        # Imported before the champion loads: loading a registered pyfunc puts its logged copy
-        # of the pipeline package first on sys.path, and that copy may predate these modules.
-        from pipeline.monitoring import embeddings, reports  # noqa: F401
+        from pipeline.monitoring import embeddings, reports
 
         monitored = embeddings.load_monitored_model(params, paths)
         class_list = list(monitored.model.class_names)
