@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-slow test-hostile bench bench-gpu gpu-wheels quality lock clean
+.PHONY: install run test test-slow test-hostile bench bench-gpu gpu-wheels quality drift-power lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -62,6 +62,10 @@ gpu-wheels: install
 # The quality bar of the embedded default: trains both tasks and the baselines (~20 min on CPU).
 quality: install
 	$(PY) -m pytest tests/quality -s -p no:cacheprovider --timeout=3600
+
+# The drift detector's detection / false-alarm rates over many synthetic seeds (minutes).
+drift-power: install
+	$(PY) -m pytest tests/drift_power -s -p no:cacheprovider --timeout=3600
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock

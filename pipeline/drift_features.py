@@ -1,8 +1,13 @@
-"""Per-item features the drift stage compares, as pure functions over manifest rows and images.
+"""Per-item features the drift stage compares, as pure functions over images, captions and
+model outputs.
 
-Drift is measured on cheap, interpretable summaries rather than raw pixels or tokens: a shift in
-any of them is something a person can look at and explain (longer captions, darker images, a new
-source, a different label mix, a less confident model).
+Three families, measured side by side:
+- scalar features a person can look at and explain: image size, aspect, brightness and
+  colourfulness (computed here) and caption descriptors (computed by Evidently from the caption,
+  declared as a text column; only descriptors that need no downloaded NLTK data);
+- the monitored model's image and text embeddings (what the model sees: a new subject or a new
+  vocabulary moves them while sizes, colours and lengths stay put);
+- the model's predicted class and confidence, and the labels where they are present.
 """
 from __future__ import annotations
 
@@ -17,15 +22,22 @@ from PIL import Image, UnidentifiedImageError
 # and colourfulness are global averages, so a thumbnail gives nearly the same value much faster.
 THUMBNAIL_SIDE = 64
 
-NUMERICAL_FEATURES = ("text_length", "word_count", "image_width", "image_height",
-                      "image_aspect", "brightness", "colourfulness")
-CATEGORICAL_FEATURES = ("label", "source")
+IMAGE_FEATURES = ("image_width", "image_height", "image_aspect", "brightness", "colourfulness")
+# Evidently descriptor columns of the caption (see text_descriptors); all work offline.
+TEXT_DESCRIPTORS = ("text_length", "word_count", "non_letter_share")
 PREDICTION_NUMERICAL = ("pred_confidence",)
 PREDICTION_CATEGORICAL = ("pred_label",)
+LABEL = "label"
+MODALITIES = ("image", "text")
 
 
-def text_features(text: str) -> dict[str, int]:
-    return {"text_length": len(text), "word_count": len(text.split())}
+def load_image(path: Path) -> Image.Image | None:
+    """The stored image as RGB, or None when it cannot be read (the caller counts those)."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -43,22 +55,12 @@ def colourfulness(rgb: np.ndarray) -> float:
     return spread + 0.3 * centre
 
 
-def image_features(path: Path, max_side: int = THUMBNAIL_SIDE) -> dict[str, float]:
-    """Size, aspect, mean brightness (0-255 luma) and colourfulness of one stored image.
-
-    An image that cannot be read gives NaN for every feature; the caller counts those rows.
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            # draft() lets the JPEG decoder skip detail we are about to throw away.
-            image.draft("RGB", (max_side, max_side))
-            thumb = image.convert("RGB")
-            thumb.thumbnail((max_side, max_side))
-            rgb = np.asarray(thumb)
-    except (OSError, UnidentifiedImageError, ValueError):
-        return {"image_width": math.nan, "image_height": math.nan, "image_aspect": math.nan,
-                "brightness": math.nan, "colourfulness": math.nan}
+def image_stats(image: Image.Image, max_side: int = THUMBNAIL_SIDE) -> dict[str, float]:
+    """Size, aspect, mean brightness (0-255 luma) and colourfulness of one RGB image."""
+    width, height = image.size
+    thumb = image.copy()
+    thumb.thumbnail((max_side, max_side))
+    rgb = np.asarray(thumb.convert("RGB"))
     # ITU-R 601 luma, the same weights PIL uses for mode "L".
     luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     return {"image_width": float(width), "image_height": float(height),
@@ -66,35 +68,32 @@ def image_features(path: Path, max_side: int = THUMBNAIL_SIDE) -> dict[str, floa
             "colourfulness": colourfulness(rgb)}
 
 
-def prediction_features(predictions: pd.DataFrame) -> pd.DataFrame:
-    """`id, pred_label, pred_confidence` from a predictions frame (`prediction`, `prob_<class>`)."""
-    prob_columns = [c for c in predictions.columns if c.startswith("prob_")]
-    if "id" not in predictions.columns or "prediction" not in predictions.columns or not prob_columns:
-        raise ValueError("predictions need `id`, `prediction` and `prob_<class>` columns; got "
-                         f"{list(predictions.columns)}")
-    return pd.DataFrame({
-        "id": predictions["id"].astype(str),
-        "pred_label": predictions["prediction"].astype(str),
-        "pred_confidence": predictions[prob_columns].astype(float).max(axis=1),
-    })
+def image_features(path: Path) -> dict[str, float]:
+    """image_stats of a stored image; NaN for every feature when it cannot be read."""
+    image = load_image(path)
+    if image is None:
+        return {name: math.nan for name in IMAGE_FEATURES}
+    return image_stats(image)
 
 
-def feature_frame(manifest: pd.DataFrame, root: Path,
-                  predictions: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row of drift features per manifest row, in manifest order, keyed by `id`.
+def text_descriptors() -> list:
+    """Evidently's caption descriptors, named as in TEXT_DESCRIPTORS. Sentiment and OOV are left
+    out on purpose: they download NLTK data, which a monitoring job must not depend on."""
+    from evidently.descriptors import NonLetterCharacterPercentage, TextLength, WordCount
 
-    `image_path` is relative to `root` (the project root). With `predictions`, the predicted
-    class and its probability are joined by id (NaN where an item was not scored).
-    """
-    rows = []
-    for item in manifest.itertuples(index=False):
-        row = {"id": str(item.id), "label": str(item.label), "source": str(item.source)}
-        row.update(text_features(str(item.text)))
-        row.update(image_features(root / str(item.image_path)))
-        rows.append(row)
-    columns = ["id", *NUMERICAL_FEATURES, *CATEGORICAL_FEATURES]
-    frame = pd.DataFrame(rows, columns=columns)
-    if predictions is not None:
-        frame = frame.merge(prediction_features(predictions), on="id", how="left",
-                            validate="one_to_one")
-    return frame
+    return [TextLength("text", alias="text_length"), WordCount("text", alias="word_count"),
+            NonLetterCharacterPercentage("text", alias="non_letter_share")]
+
+
+def embedding_columns(modality: str, dim: int) -> list[str]:
+    return [f"{modality}_emb_{k}" for k in range(dim)]
+
+
+def model_features(probs: np.ndarray, image_emb: np.ndarray, text_emb: np.ndarray,
+                   class_names: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """Predicted class name, its probability and both embeddings, one row per item."""
+    frame = pd.DataFrame({"pred_label": [class_names[i] for i in probs.argmax(axis=1)],
+                          "pred_confidence": probs.max(axis=1).astype(float)})
+    embeddings = [pd.DataFrame(matrix, columns=embedding_columns(modality, matrix.shape[1]))
+                  for modality, matrix in zip(MODALITIES, (image_emb, text_emb))]
+    return pd.concat([frame, *embeddings], axis=1)

@@ -43,6 +43,16 @@ class SplitFractions(Section):
         return self
 
 
+class SyntheticShift(Section):
+    """Knobs that move the synthetic data away from the default, to measure drift detection.
+    All off by default (the embedded data stays byte-identical); image sizes shift through
+    `image_min_side` / `image_max_side`."""
+
+    novel_shapes: bool = False  # other subject shapes, same colours, sizes and positions
+    novel_vocabulary: bool = False  # captions name other groups and objects
+    caption_style: Literal["plain", "hashtags"] = "plain"  # hashtags: "#every #word"
+
+
 class SyntheticParams(Section):
     """The embedded default dataset; see pipeline/sources/synthetic.py for how labels arise."""
 
@@ -60,6 +70,7 @@ class SyntheticParams(Section):
     plant_exact_duplicates: int = Field(4, ge=0)
     plant_near_duplicates: int = Field(4, ge=0)
     plant_broken: int = Field(4, ge=0)
+    shift: SyntheticShift = SyntheticShift()
 
     @model_validator(mode="after")
     def _sides(self) -> "SyntheticParams":
@@ -212,10 +223,38 @@ class ChecksParams(Section):
     probability_sum_tolerance: float = Field(1e-4, gt=0, le=0.1)
 
 
+class EmbeddingDriftParams(Section):
+    # Evidently's EmbeddingsDrift methods: a classifier telling the sides apart (ROC AUC), the
+    # maximum mean discrepancy, the share of drifted components, or the distance of the means.
+    method: Literal["model", "mmd", "ratio", "distance"] = "mmd"
+    # null: Evidently's default for the method. 0.01 for MMD is measured on the synthetic seeds
+    # (tests/drift_power): Evidently's defaults raise false alarms on most unshifted pairs there.
+    threshold: float | None = Field(0.01, gt=0)
+    pca_components: int | None = Field(None, ge=1)
+
+
 class DriftParams(Section):
     reference_split: Split = "train"
     current_split: Split = "test"
     drift_share: float = Field(0.5, gt=0, le=1)  # dataset drift when this share of columns drift
+    # Fewer readable rows than this on a side: "too few rows to judge" instead of a report.
+    min_rows: int = Field(30, ge=2)
+    embeddings: EmbeddingDriftParams = EmbeddingDriftParams()
+    log_to_mlflow: bool = True  # reports go to the monitored model's run (or a monitoring run)
+
+
+class MonitoringParams(Section):
+    """The capture log of traffic the served model scores (pipeline/monitoring/capture.py)."""
+
+    capture: bool = True
+    # A local folder (relative to the project root) or an s3:// URI; MMGUARD_MONITORING_URI
+    # overrides it (the stack points it at its S3 store).
+    log_uri: str = "artifacts/monitoring/log"
+    thumbnail_side: int = Field(128, ge=16, le=512)  # keep >= 2x the model's image size
+    flush_rows: int = Field(256, ge=1)  # a part file is written at this many buffered rows...
+    flush_seconds: float = Field(10.0, gt=0)  # ...or this long after the first buffered row
+    max_bytes: int = Field(1_000_000_000, ge=10_000)  # oldest part files go beyond this
+    max_buffer_rows: int = Field(10_000, ge=1)  # rows beyond this are counted as dropped
 
 
 class GateParams(Section):
@@ -280,6 +319,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     checks: ChecksParams = ChecksParams()
     drift: DriftParams = DriftParams()
+    monitoring: MonitoringParams = MonitoringParams()
     registry: RegistryParams = RegistryParams()
     airflow: AirflowParams = AirflowParams()
     serving: ServingParams = ServingParams()

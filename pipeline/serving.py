@@ -30,6 +30,7 @@ from mlflow.pyfunc import PythonModel
 from PIL import Image
 
 from pipeline import images
+from pipeline.monitoring import capture
 from pipeline.params import Params, parse_params
 from pipeline.prediction_checks import probability_column
 
@@ -196,7 +197,9 @@ class MMGuardPyfunc(PythonModel):
         except Exception as exc:  # noqa: BLE001 - one line to the client, not a traceback
             raise BadInput(f"the model failed on this request ({type(exc).__name__})",
                            error_code=INTERNAL_ERROR) from None
-        return output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
+        output = output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
+        capture.record(context, model_input, images_in, texts, output)  # the monitoring log
+        return output
 
 
 mlflow.models.set_model(MMGuardPyfunc())

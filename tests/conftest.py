@@ -22,6 +22,8 @@ for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # No capture log from tests that serve a model; the capture tests switch it on.
+    "MMGUARD_CAPTURE": "0",
 }.items():
     os.environ.setdefault(_key, _value)
 

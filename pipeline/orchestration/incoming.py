@@ -29,7 +29,7 @@ from pipeline.sources import incoming
 
 # The one place the monitor calls the drift comparison (`--reference` may be left out: then the
 # clean manifest's reference split is used).
-DRIFT_COMMAND = [sys.executable, "-m", "pipeline.stages.drift"]
+DRIFT_COMMAND = [sys.executable, "-m", "pipeline.cli", "drift"]
 
 
 def monitoring_dir(paths: Paths) -> Path:

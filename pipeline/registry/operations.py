@@ -136,10 +136,12 @@ def score_version(name: str, version: str, test: pd.DataFrame, task: str) -> dic
     import mlflow
 
     from pipeline import metrics
+    from pipeline.monitoring import capture
     from pipeline.prediction_checks import probability_column
 
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    output = model.predict(test[["image", "text"]])
+    with capture.paused():  # the gate's test set is not traffic
+        output = model.predict(test[["image", "text"]])
     probs = output[[probability_column(n) for n in class_names(task)]].to_numpy(dtype=float)
     labels = test["label"].to_numpy(dtype=int)
     if len(class_names(task)) == 2:

@@ -65,6 +65,10 @@ HM_COLOURS: dict[str, tuple[int, int, int]] = {
 M7_SHAPES = ("circle", "square", "triangle")
 HOSTILE_SHAPES = ("spiked star", "x cross", "bolt")
 NEUTRAL_SHAPES = ("circle", "square", "heart")
+# The `novel_shapes` shift draws these instead, at the same colours, sizes and positions; the
+# tuples keep the length of the ones they replace so the random draws stay in step.
+NOVEL_HOSTILE_SHAPES = ("diamond", "hexagon", "arrow")
+NOVEL_NEUTRAL_SHAPES = ("triangle", "diamond", "hexagon")
 
 # (phrase, sky colour, ground colour, decoration)
 SCENES: tuple[tuple[str, tuple[int, int, int], tuple[int, int, int], str], ...] = (
@@ -90,6 +94,11 @@ GROUPS = ("the Glorpians", "the Velmari", "the Quenbury folk", "the Zarnish", "t
           "the Oskelites", "the Brindlefolk", "the Tovari", "the Murrowites", "the Dellish")
 OBJECTS = ("toasters", "office printers", "wifi routers", "sandwiches", "alarm clocks",
            "vending machines", "parking meters", "umbrellas", "leaf blowers", "shopping carts")
+# The `novel_vocabulary` shift: the same number of other groups and objects.
+NOVEL_GROUPS = ("the Krellans", "the Yubbish", "the Farrowkin", "the Noxari", "the Stibbles",
+                "the Vantrians", "the Gorrum folk", "the Helvish", "the Orbanites", "the Pellow")
+NOVEL_OBJECTS = ("kettles", "garden hoses", "ceiling fans", "microwaves", "staplers",
+                 "traffic cones", "door bells", "lawn mowers", "hair dryers", "ticket machines")
 TARGET_TEMPLATES = (
     "{target} be like {scene}",
     "when {target} show up {scene}",
@@ -219,8 +228,9 @@ class _Captions:
     """Draws captions, avoiding exact repeats so that only designed pairs share a caption (a
     repeated caption next to a similar image would be a near duplicate by accident)."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, style: str = "plain"):
         self.rng = rng
+        self.style = style
         self.used: set[str] = set()
 
     def draw(self, templates, **choices) -> str:
@@ -229,6 +239,8 @@ class _Captions:
             values = {key: _pick(self.rng, options) for key, options in choices.items()}
             caption = _pick(self.rng, templates).format(**values)
             caption = " ".join(caption.split())
+            if self.style == "hashtags":  # another caption style (a shift knob)
+                caption = " ".join(f"#{word}" for word in caption.split())
             if caption not in self.used:
                 break
         self.used.add(caption)  # after 30 tries the vocabulary is exhausted: accept a repeat
@@ -265,6 +277,25 @@ def _image_spec(rng: np.random.Generator, params: Params, shape: str, colour: st
     )
 
 
+@dataclass(frozen=True)
+class _Vocabulary:
+    """The shapes and caption targets items are drawn from; the shift knobs swap them."""
+
+    hostile_shapes: tuple[str, ...]
+    neutral_shapes: tuple[str, ...]
+    groups: tuple[str, ...]
+    objects: tuple[str, ...]
+
+
+def _vocabulary(params: Params) -> _Vocabulary:
+    shift = params.synthetic.shift
+    return _Vocabulary(
+        hostile_shapes=NOVEL_HOSTILE_SHAPES if shift.novel_shapes else HOSTILE_SHAPES,
+        neutral_shapes=NOVEL_NEUTRAL_SHAPES if shift.novel_shapes else NEUTRAL_SHAPES,
+        groups=NOVEL_GROUPS if shift.novel_vocabulary else GROUPS,
+        objects=NOVEL_OBJECTS if shift.novel_vocabulary else OBJECTS)
+
+
 def _scene_words() -> tuple[str, ...]:
     return tuple(scene[0] for scene in SCENES)
 
@@ -276,20 +307,21 @@ def _hateful_split(rng: np.random.Generator, captions: _Captions, params: Params
     # hateful : text confounder : image confounder = 4 : 3 : 3.
     patterns = (("text", "image"), ("text", "image"), ("text",), ("image",))
     scenes = _scene_words()
+    words = _vocabulary(params)
 
     def neutral_spec():
-        return _image_spec(rng, params, _pick(rng, NEUTRAL_SHAPES), _pick(rng, tuple(HM_COLOURS)),
-                           HM_COLOURS)
+        return _image_spec(rng, params, _pick(rng, words.neutral_shapes),
+                           _pick(rng, tuple(HM_COLOURS)), HM_COLOURS)
 
     def object_caption():
-        return captions.draw(TARGET_TEMPLATES, target=OBJECTS, scene=scenes)
+        return captions.draw(TARGET_TEMPLATES, target=words.objects, scene=scenes)
 
     drafts: list[dict] = []
     set_id = first_set
     while len(drafts) < n - n_benign:
-        hostile = _image_spec(rng, params, _pick(rng, HOSTILE_SHAPES),
+        hostile = _image_spec(rng, params, _pick(rng, words.hostile_shapes),
                               _pick(rng, tuple(HM_COLOURS)), HM_COLOURS)
-        hate_caption = captions.draw(TARGET_TEMPLATES, target=GROUPS, scene=scenes)
+        hate_caption = captions.draw(TARGET_TEMPLATES, target=words.groups, scene=scenes)
         members = [("hateful", hostile, hate_caption, True, True)]
         for confounder in patterns[set_id % len(patterns)]:
             if confounder == "text":  # same caption, a neutral image
@@ -311,10 +343,11 @@ def _hateful_split(rng: np.random.Generator, captions: _Captions, params: Params
 def _moderation_draft(rng: np.random.Generator, captions: _Captions, params: Params,
                       label: str) -> dict:
     scenes = _scene_words()
+    words = _vocabulary(params)
     if label == "Hate":
-        spec = _image_spec(rng, params, _pick(rng, HOSTILE_SHAPES), _pick(rng, tuple(M7_COLOURS)),
-                           M7_COLOURS)
-        text = captions.draw(TARGET_TEMPLATES, target=GROUPS, scene=scenes)
+        spec = _image_spec(rng, params, _pick(rng, words.hostile_shapes),
+                           _pick(rng, tuple(M7_COLOURS)), M7_COLOURS)
+        text = captions.draw(TARGET_TEMPLATES, target=words.groups, scene=scenes)
         return {"image": spec, "text": text, "hostile_image": True, "group_target": True,
                 "caption_shape": None, "caption_colour": None}
     shape, colour = _pick(rng, M7_SHAPES), _pick(rng, tuple(M7_COLOURS))
@@ -363,7 +396,7 @@ def generate_items(params: Params, task: str) -> list[SyntheticItem]:
     """The clean items of `task` (no planted defects), in id order, with their attributes."""
     class_names(task)  # rejects an unknown task
     rng = _rng(params, task, purpose=1)
-    captions = _Captions(rng)
+    captions = _Captions(rng, params.synthetic.shift.caption_style)
     sizes = split_sizes(params.synthetic.items_per_task, params)
     drafts: list[tuple[str, dict]] = []
     for split in SPLITS:
@@ -446,6 +479,13 @@ def _polygon(shape: str, cx: float, cy: float, r: float,
     elif shape == "bolt":
         points = [(-0.25, -1.1), (0.5, -1.1), (0.15, -0.2), (0.6, -0.2), (-0.4, 1.15),
                   (-0.05, 0.15), (-0.5, 0.15)]
+    elif shape == "diamond":
+        points = [(0.0, -1.2), (0.85, 0.0), (0.0, 1.2), (-0.85, 0.0)]
+    elif shape == "hexagon":
+        points = [(1.05 * np.cos(a), 1.05 * np.sin(a)) for a in np.radians(np.arange(6) * 60)]
+    elif shape == "arrow":
+        points = [(0.0, -1.15), (0.9, -0.1), (0.35, -0.1), (0.35, 1.1), (-0.35, 1.1),
+                  (-0.35, -0.1), (-0.9, -0.1)]
     elif shape == "heart":
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         xs = 16 * np.sin(t) ** 3 / 15

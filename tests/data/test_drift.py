@@ -1,8 +1,12 @@
-"""The drift stage on small manifests whose distributions we control, plus its bad inputs."""
+"""The drift stage on small manifests whose distributions we control, plus its bad inputs.
+
+The monitored model is a random-init tiny model saved as artifacts/model (the stage's fallback
+when the registry has no champion)."""
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from pipeline.errors import StageFailed
 from pipeline.params import parse_params
 from pipeline.paths import Paths
 from pipeline.stages import drift
+from tests.data.synthetic_sides import save_tiny_model
 
 WORDS = ("cat", "dog", "sun", "map", "red", "sky", "tea", "cup", "box", "pen", "owl", "fig")
 
@@ -54,114 +59,178 @@ def _save(paths: Paths, rows: list[dict]) -> None:
 
 
 PARAMS = parse_params({"drift": {"reference_split": "train", "current_split": "test",
-                                 "drift_share": 0.2}})
+                                 "drift_share": 0.2, "log_to_mlflow": False}})
 
 
-def test_halves_of_one_distribution_show_no_dataset_drift(tmp_path):
-    paths = Paths(tmp_path)
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def paths(tmp_path, tiny_model) -> Paths:
+    shutil.copytree(tiny_model, tmp_path / "artifacts" / "model")
+    return Paths(tmp_path)
+
+
+def test_halves_of_one_distribution_show_no_drift_and_reports_reach_mlflow(paths):
+    from mlflow import MlflowClient
+
     rng = np.random.default_rng(1)
     items = [_item(rng) for _ in range(160)]
-    _save(paths, _write_rows(tmp_path, items[:80], "train", "a")
-          + _write_rows(tmp_path, items[80:], "test", "b"))
+    _save(paths, _write_rows(paths.root, items[:80], "train", "a")
+          + _write_rows(paths.root, items[80:], "test", "b"))
+    params = parse_params({"drift": {"drift_share": 0.2},
+                           "registry": {"tracking_uri": "sqlite:///mlflow.db"}})
 
-    result = drift.run(PARAMS, paths)
+    result = drift.run(params, paths)
 
-    assert result["dataset_drift"] is False
+    assert result["dataset_drift"] is False and result["verdict"] == "no drift"
     summary = json.loads((paths.drift_dir / "drift.json").read_text())
     assert summary["n_reference"] == 80 and summary["n_current"] == 80
     assert summary["drift_share"] < 0.2
+    assert set(summary["embedding_drift"]) == {"image", "text"}
+    assert all(0 <= score < 0.01 for score in summary["embedding_drift"].values())
     assert (paths.drift_dir / "report.html").stat().st_size > 10_000
-    assert "metrics" in json.loads((paths.drift_dir / "report.json").read_text())
+    report = json.loads((paths.drift_dir / "report.json").read_text())
+    assert sum("EmbeddingsDrift" in m["config"]["type"] for m in report["metrics"]) == 2
     stats = json.loads(paths.stats("drift").read_text())
-    assert set(stats["columns"]) == {*drift_features.NUMERICAL_FEATURES,
-                                     *drift_features.CATEGORICAL_FEATURES}
-    assert result["prediction_features"] == "skipped: no predictions file"
+    assert set(stats["columns"]) == {*drift_features.IMAGE_FEATURES,
+                                     *drift_features.TEXT_DESCRIPTORS, "label", "pred_label",
+                                     "pred_confidence"}
+    assert stats["families"]["embeddings"]["method"] == "mmd"
+    assert stats["model"] == str(paths.model_dir)
+    # No training run recorded: the reports go to a drift-monitor run.
+    client = MlflowClient(f"sqlite:///{paths.root / 'mlflow.db'}")
+    run = client.get_run(stats["mlflow_run_id"])
+    assert run.info.run_name == "drift-monitor"
+    assert run.data.metrics["drift.dataset_drift"] == 0.0
+    [folder] = client.list_artifacts(run.info.run_id, "drift")
+    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, folder.path)}
+    assert {"report.html", "report.json", "drift.json", "stats.json"} <= logged
 
 
-def test_shifted_brightness_and_text_length_drift_alone(tmp_path):
-    paths = Paths(tmp_path)
+def test_brightness_and_text_length_drift_alone_among_scalars(paths):
     rng = np.random.default_rng(2)
     items = [_item(rng) for _ in range(80)]
     # The current set holds the same content, brighter and with longer words.
-    _save(paths, _write_rows(tmp_path, items, "train", "ref")
-          + _write_rows(tmp_path, items, "test", "cur", brightness=80, stretch_words=True))
+    _save(paths, _write_rows(paths.root, items, "train", "ref")
+          + _write_rows(paths.root, items, "test", "cur", brightness=80, stretch_words=True))
 
     result = drift.run(PARAMS, paths)
 
-    summary = json.loads((paths.drift_dir / "drift.json").read_text())
-    assert summary["drifted_columns"] == ["brightness", "text_length"]
-    assert summary["drift_share"] == pytest.approx(2 / 9)
-    assert summary["dataset_drift"] is True and result["dataset_drift"] is True
+    stats = json.loads(paths.stats("drift").read_text())
+    scalar = stats["families"]["scalar"]["drifted_columns"]
+    assert scalar == ["brightness", "text_length"]
+    assert result["dataset_drift"] is True and result["verdict"] == "drift"
+    # Tripled words are new tokens to the model: its text embeddings move too.
+    assert result["embedding_drifted"]["text"] is True
 
 
-def test_explicit_manifests_compare_whole_files(tmp_path):
-    paths = Paths(tmp_path)
+def test_explicit_manifests_compare_whole_files_and_count_unreadable_images(paths):
     rng = np.random.default_rng(3)
     items = [_item(rng) for _ in range(40)]
-    old, new = tmp_path / "old.parquet", tmp_path / "new.parquet"
-    pd.DataFrame(_write_rows(tmp_path, items, "train", "old")).to_parquet(old)
-    pd.DataFrame(_write_rows(tmp_path, items, "val", "new", brightness=80)).to_parquet(new)
-    out = tmp_path / "monitoring"
+    old, new = paths.root / "old.parquet", paths.root / "new.parquet"
+    pd.DataFrame(_write_rows(paths.root, items, "train", "old")).to_parquet(old)
+    pd.DataFrame(_write_rows(paths.root, items, "val", "new", brightness=80)).to_parquet(new)
+    out = paths.root / "monitoring"
 
-    (tmp_path / pd.read_parquet(new)["image_path"][0]).write_bytes(b"")  # one unreadable image
+    (paths.root / pd.read_parquet(new)["image_path"][0]).write_bytes(b"")  # one unreadable
     result = drift.run(PARAMS, paths, reference_manifest=old, current_manifest=new, out_dir=out)
 
-    assert result["n_reference"] == 40 and result["n_current"] == 40
-    assert result["drifted_columns"] == ["brightness"]
+    assert result["n_reference"] == 40 and result["n_current"] == 39
+    assert "brightness" in result["drifted_columns"]
     assert (out / "drift.json").exists() and (out / "stats.json").exists()
     # The unreadable image is counted, not silently dropped.
     assert result["unreadable_images"] == {"reference": 0, "current": 1}
     assert not paths.drift_dir.exists()
 
 
-def test_predictions_join_only_when_both_sides_are_scored(tmp_path):
-    paths = Paths(tmp_path)
-    rng = np.random.default_rng(4)
-    items = [_item(rng) for _ in range(60)]
-    rows = _write_rows(tmp_path, items[:30], "val", "v") + _write_rows(tmp_path, items[30:], "test", "t")
-    _save(paths, rows)
-    probs = rng.uniform(0, 1, len(rows))
-    paths.predictions.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": [r["id"] for r in rows], "split": [r["split"] for r in rows],
-                  "label": [r["label"] for r in rows], "prob_not_hateful": 1 - probs,
-                  "prob_hateful": probs, "prediction": (probs > 0.5).astype(int)}
-                 ).to_parquet(paths.predictions)
+# ---------------------------------------------------------------- bad input
 
-    scored = drift.run(parse_params({"drift": {"reference_split": "val"}}), paths)
-    assert scored["prediction_features"] == "included"
-    columns = json.loads(paths.stats("drift").read_text())["columns"]
-    assert {"pred_label", "pred_confidence"} <= set(columns)
-
-    # Reference (train) rows without predictions: the prediction features stay out.
-    _save(paths, rows + _write_rows(tmp_path, items[:10], "train", "unscored"))
-    partial = drift.run(parse_params({"drift": {"reference_split": "train"}}), paths)
-    assert partial["prediction_features"].startswith("skipped: predictions cover 0%")
+def _two_sides(paths: Paths, seed: int, n: int = 40) -> tuple[list[dict], list[dict]]:
+    rng = np.random.default_rng(seed)
+    items = [_item(rng) for _ in range(2 * n)]
+    return (_write_rows(paths.root, items[:n], "train", "r"),
+            _write_rows(paths.root, items[n:], "test", "c"))
 
 
-def test_empty_current_split_fails_clearly(tmp_path):
-    paths = Paths(tmp_path)
-    rng = np.random.default_rng(5)
-    _save(paths, _write_rows(tmp_path, [_item(rng) for _ in range(20)], "train", "only"))
+def test_empty_current_split_fails_clearly(paths):
+    reference, _ = _two_sides(paths, 5)
+    _save(paths, reference)
     with pytest.raises(StageFailed, match=r"current set is empty \(split 'test'"):
         drift.run(PARAMS, paths)
     assert not (paths.drift_dir / "drift.json").exists()
 
 
-def test_missing_manifest_and_bad_predictions_fail(tmp_path):
-    paths = Paths(tmp_path)
+@pytest.mark.parametrize("case", ["one_row", "no_readable_image"])
+def test_too_few_rows_is_a_verdict_not_a_crash(paths, case):
+    reference, current = _two_sides(paths, 6)
+    if case == "one_row":
+        current = current[:1]
+    else:
+        for row in current:
+            (paths.root / row["image_path"]).write_bytes(b"not an image")
+    _save(paths, reference + current)
+
+    result = drift.run(PARAMS, paths)
+
+    assert result["dataset_drift"] is False
+    assert result["verdict"].startswith("too few rows to judge: the current set has")
+    summary = json.loads((paths.drift_dir / "drift.json").read_text())
+    assert summary["verdict"] == result["verdict"]
+    expected = 1 if case == "one_row" else 0
+    assert summary["n_current"] == expected
+    assert result["unreadable_images"]["current"] == (0 if case == "one_row" else 40)
+    # The declared report files exist and carry the verdict instead of a report.
+    assert "too few rows to judge" in (paths.drift_dir / "report.html").read_text()
+    assert json.loads((paths.drift_dir / "report.json").read_text())["metrics"] == []
+
+
+def test_missing_manifest_and_missing_text_column_fail_clearly(paths):
     with pytest.raises(StageFailed, match="not found"):
         drift.run(PARAMS, paths)
-    rng = np.random.default_rng(6)
-    items = [_item(rng) for _ in range(20)]
-    _save(paths, _write_rows(tmp_path, items[:10], "train", "a")
-          + _write_rows(tmp_path, items[10:], "test", "b"))
-    paths.predictions.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": ["x"], "score": [0.3]}).to_parquet(paths.predictions)
-    with pytest.raises(StageFailed, match="predictions need"):
+    reference, current = _two_sides(paths, 7)
+    _save(paths, reference)
+    no_text = paths.root / "no_text.parquet"
+    pd.DataFrame(current).drop(columns="text").to_parquet(no_text)
+    with pytest.raises(StageFailed, match=r"lacks columns \['text'\]"):
+        drift.run(PARAMS, paths, current_manifest=no_text)
+
+
+@pytest.mark.parametrize("labels", [["Hate", "Satire/Parody"], [3, 6]])
+def test_current_batch_from_another_tasks_label_space_fails(paths, labels):
+    reference, current = _two_sides(paths, 8)
+    for k, row in enumerate(current):
+        row["label"] = labels[k % 2]
+    other = paths.root / "moderation7.parquet"
+    pd.DataFrame(current).to_parquet(other)
+    _save(paths, reference)
+    with pytest.raises(StageFailed, match="hateful_memes"):
+        drift.run(PARAMS, paths, current_manifest=other)
+
+
+def test_monitored_model_of_another_task_fails(paths):
+    from pipeline.model import build_from_model_params, save_model
+    from pipeline.params import Params
+
+    shutil.rmtree(paths.model_dir)
+    save_model(build_from_model_params(Params().model, "moderation7", seed=0), paths.model_dir)
+    reference, current = _two_sides(paths, 9)
+    _save(paths, reference + current)
+    with pytest.raises(StageFailed, match=r"classifies .*not task 'hateful_memes'"):
         drift.run(PARAMS, paths)
 
 
-def test_image_features_and_unreadable_images(tmp_path):
+def test_no_model_anywhere_fails_clearly(paths):
+    shutil.rmtree(paths.model_dir)
+    reference, current = _two_sides(paths, 10)
+    _save(paths, reference + current)
+    with pytest.raises(StageFailed, match="no @champion in the registry and no trained model"):
+        drift.run(PARAMS, paths)
+
+
+def test_image_stats_and_unreadable_images(tmp_path):
     grey = tmp_path / "grey.png"
     Image.new("RGB", (40, 20), (128, 128, 128)).save(grey)
     features = drift_features.image_features(grey)
@@ -180,4 +249,3 @@ def test_image_features_and_unreadable_images(tmp_path):
     broken.write_bytes(b"\x89PNG not really")
     assert all(np.isnan(v) for v in drift_features.image_features(broken).values())
     assert all(np.isnan(v) for v in drift_features.image_features(tmp_path / "gone.png").values())
-    assert drift_features.text_features("  two   words ") == {"text_length": 14, "word_count": 2}

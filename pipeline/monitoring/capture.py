@@ -1,0 +1,375 @@
+"""The capture log: every row the served pyfunc scores, appended as partitioned parquet.
+
+The pyfunc (pipeline/serving.py) calls `record()` once per scored batch; `mmguard predict` goes
+through the same pyfunc, so both are captured. Per row: UTC time, model name / version / run,
+sha256 of the image bytes as received, a small JPEG thumbnail (`monitoring.thumbnail_side`, kept
+at least twice the model's input size so the thumbnail embeds like the original), the image's
+scalar drift features, the text, the predicted class, its probability and all probabilities.
+
+Layout: `<log_uri>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.parquet`, where log_uri is a local
+folder or an s3:// URI (pyarrow's filesystems; S3 endpoint and keys from the usual AWS_*
+variables). MMGUARD_MONITORING_URI overrides `monitoring.log_uri`; MMGUARD_CAPTURE=0 turns
+capture off.
+
+Speed: `record()` only appends references to an in-memory buffer; hashing, thumbnails, features
+and the parquet write happen on one background thread, in part files of `flush_rows` rows or
+every `flush_seconds`. The log is capped at `max_bytes`: after each write the oldest part files
+are deleted (rotation). If the writer falls behind by more than `max_buffer_rows`, new rows are
+dropped and counted (`dropped`), never blocking a request.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from pipeline import drift_features
+from pipeline.errors import StageFailed
+from pipeline.params import MonitoringParams, Params, ParamsError, load_params
+
+ENV_URI = "MMGUARD_MONITORING_URI"
+ENV_SWITCH = "MMGUARD_CAPTURE"
+THUMBNAIL_QUALITY = 85
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- where the log lives
+
+def log_location(settings: MonitoringParams, root: Path | str = ".") -> str:
+    uri = os.environ.get(ENV_URI) or settings.log_uri
+    if "://" in uri:
+        return uri
+    return str((Path(root) / uri).resolve())
+
+
+def _filesystem(uri: str):
+    from pyarrow import fs
+
+    if "://" not in uri:
+        Path(uri).mkdir(parents=True, exist_ok=True)
+        return fs.LocalFileSystem(), uri
+    if uri.startswith("s3://"):
+        # The stack's S3 gateway is named the way MLflow's artifact store names it.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        return fs.S3FileSystem(endpoint_override=endpoint), uri[len("s3://"):].rstrip("/")
+    return fs.FileSystem.from_uri(uri)
+
+
+# ---------------------------------------------------------------- writing
+
+def _image_bytes(value: object) -> bytes | None:
+    """The image as received (raw bytes, a readable path, or base64), for its sha256."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and value:
+        if len(value) < 4096 and os.path.isfile(value):
+            return Path(value).read_bytes()
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+def _thumbnail(image: Image.Image, side: int) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((side, side))
+    buffer = io.BytesIO()
+    thumb.convert("RGB").save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()
+
+
+class CaptureLog:
+    """A buffered, background-flushed writer of captured rows (one per process)."""
+
+    def __init__(self, settings: MonitoringParams, uri: str, identity: dict | None = None):
+        self.settings = settings
+        self.uri = uri
+        self.identity = identity or {}
+        self.pending: deque = deque()
+        self.pending_rows = 0
+        self.dropped = 0
+        self.written = 0
+        self.parts = 0
+        self._wake = threading.Condition()
+        self._io = threading.Lock()  # one writer at a time: the thread or an explicit flush()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # request path: O(1) per batch
+    def record(self, inputs: list, images: list, texts: list, output: pd.DataFrame) -> None:
+        with self._wake:
+            if self.pending_rows + len(images) > self.settings.max_buffer_rows:
+                self.dropped += len(images)
+                return
+            self.pending.append((time.time(), inputs, images, texts, output))
+            self.pending_rows += len(images)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mmguard-capture",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+            if self.pending_rows >= self.settings.flush_rows:
+                self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self.pending and self._stopped:
+                    return
+                self._wake.wait(timeout=self.settings.flush_seconds)
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - monitoring must never take serving down
+                log.exception("capture flush failed; rows kept for the next try")
+
+    def _take(self) -> list:
+        with self._wake:
+            batches = list(self.pending)
+            self.pending.clear()
+            self.pending_rows = 0
+        return batches
+
+    def flush(self) -> int:
+        """Write everything buffered as one part file now; the number of rows written."""
+        with self._io:
+            batches = self._take()
+            if not batches:
+                return 0
+            try:
+                frame = self._frame(batches)
+                self._write(frame)
+            except Exception:
+                with self._wake:  # keep them for the next try rather than lose them
+                    self.pending.extendleft(reversed(batches))
+                    self.pending_rows += sum(len(b[2]) for b in batches)
+                raise
+            self.written += len(frame)
+            return len(frame)
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self.flush()
+
+    def _frame(self, batches: list) -> pd.DataFrame:
+        side = self.settings.thumbnail_side
+        identity = self.identity() if callable(self.identity) else self.identity
+        rows = []
+        for stamp, inputs, images, texts, output in batches:
+            probs = output[[c for c in output.columns if c.startswith("prob_")]]
+            names = [c[len("prob_"):] for c in probs.columns]
+            for k, (raw, image, text) in enumerate(zip(inputs, images, texts)):
+                data = _image_bytes(raw)
+                rows.append({
+                    "time": pd.Timestamp(stamp, unit="s", tz="UTC"),
+                    "model_name": identity.get("name"), "model_version": identity.get("version"),
+                    "model_run_id": identity.get("run_id"),
+                    "image_sha256": hashlib.sha256(data).hexdigest() if data else None,
+                    "thumbnail": _thumbnail(image, side), "text": text,
+                    **drift_features.image_stats(image),
+                    "prediction": str(output["label"].iloc[k]),
+                    "confidence": float(probs.iloc[k].max()),
+                    "probabilities": json.dumps(dict(zip(names, map(float, probs.iloc[k])))),
+                })
+        return pd.DataFrame(rows)
+
+    def _write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        filesystem, base = _filesystem(self.uri)
+        now = datetime.now(timezone.utc)
+        folder = f"{base}/date={now:%Y-%m-%d}"
+        filesystem.create_dir(folder, recursive=True)
+        self.parts += 1
+        name = f"{folder}/part-{now:%H%M%S%f}-{os.getpid()}-{self.parts}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), name,
+                       filesystem=filesystem)
+        self._rotate(filesystem, base)
+
+    def _rotate(self, filesystem, base: str) -> None:
+        """Delete the oldest part files until the log fits in max_bytes."""
+        from pyarrow import fs
+
+        files = [f for f in filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+                 if f.type == fs.FileType.File and f.path.endswith(".parquet")]
+        # date=… folders, then part-<time> names: path order is age order
+        files.sort(key=lambda f: f.path)
+        total = sum(f.size for f in files)
+        for old in files[:-1]:  # never the part just written
+            if total <= self.settings.max_bytes:
+                break
+            filesystem.delete_file(old.path)
+            total -= old.size
+
+
+# ---------------------------------------------------------------- the serving hook
+
+_LOG: CaptureLog | None = None
+_LOG_LOCK = threading.Lock()
+
+
+def _settings() -> MonitoringParams:
+    """params.yaml of the working directory (the project root) when there is one."""
+    try:
+        return load_params("params.yaml").monitoring
+    except ParamsError:
+        return MonitoringParams()
+
+
+def _model_identity(context) -> dict:
+    """Name, version and run of the served model, from its MLmodel file and the registry;
+    MMGUARD_MODEL_NAME / MMGUARD_MODEL_VERSION override. Resolved once, off the request path."""
+    import yaml
+
+    identity = {"name": os.environ.get("MMGUARD_MODEL_NAME"),
+                "version": os.environ.get("MMGUARD_MODEL_VERSION"), "run_id": None}
+    model_id = None
+    folder = Path(context.artifacts["model_dir"]).resolve() if context is not None else None
+    for parent in folder.parents if folder is not None else ():
+        if (parent / "MLmodel").is_file():
+            meta = yaml.safe_load((parent / "MLmodel").read_text()) or {}
+            identity["run_id"], model_id = meta.get("run_id"), meta.get("model_id")
+            break
+    if identity["run_id"] and not identity["version"]:
+        try:
+            from mlflow import MlflowClient
+
+            for version in MlflowClient().search_model_versions(
+                    f"run_id='{identity['run_id']}'"):
+                if model_id is None or model_id in (version.source or ""):
+                    identity.update(name=version.name, version=str(version.version))
+                    break
+        except Exception:  # noqa: BLE001 - no registry reachable: the run id still identifies it
+            log.warning("capture: could not resolve the model version of run %s",
+                        identity["run_id"])
+    return identity
+
+
+_PAUSED = threading.Event()
+
+
+@contextmanager
+def paused():
+    """Scoring inside this block is not traffic (the promotion gate scoring the test set)."""
+    _PAUSED.set()
+    try:
+        yield
+    finally:
+        _PAUSED.clear()
+
+
+def record(context, model_input: pd.DataFrame, images: list, texts: list,
+           output: pd.DataFrame) -> None:
+    """The pyfunc's one call: queue a scored batch for the capture log (no-op when off)."""
+    global _LOG
+    if os.environ.get(ENV_SWITCH, "1") == "0" or _PAUSED.is_set() or not images:
+        return
+    if _LOG is None:
+        with _LOG_LOCK:
+            if _LOG is None:
+                settings = _settings()
+                if not settings.capture:
+                    return
+                resolved: dict = {}
+
+                def identity() -> dict:  # called by the writer thread
+                    if not resolved:
+                        resolved.update(_model_identity(context))
+                    return resolved
+
+                _LOG = CaptureLog(settings, log_location(settings), identity)
+    _LOG.record(model_input["image"].tolist(), images, texts, output)
+
+
+def flush() -> int:
+    """Write whatever the process has buffered (tests, and before a drift check in-process)."""
+    return _LOG.flush() if _LOG is not None else 0
+
+
+# ---------------------------------------------------------------- reading it back
+
+SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(since: str) -> timedelta:
+    match = SINCE.match(since)
+    if not match:
+        raise StageFailed(f"--since {since!r}: expected a number and a unit (s, m, h, d, w), "
+                          "e.g. 24h")
+    return timedelta(seconds=float(match.group(1)) * UNIT_SECONDS[match.group(2)])
+
+
+def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None) -> pd.DataFrame:
+    """Captured rows at or after `cutoff`, oldest first (empty when there are none)."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    filesystem, base = _filesystem(uri)
+    if filesystem.get_file_info(base).type == fs.FileType.NotFound:
+        return pd.DataFrame()
+    first_day = f"date={cutoff:%Y-%m-%d}"
+    files = sorted(f.path for f in filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+                   if f.type == fs.FileType.File and f.path.endswith(".parquet")
+                   and Path(f.path).parent.name >= first_day)
+    if not files:
+        return pd.DataFrame()
+    wanted = None if columns is None else sorted({"time", *columns})
+    frame = pd.concat([pq.read_table(f, filesystem=filesystem, columns=wanted).to_pandas()
+                       for f in files], ignore_index=True)
+    frame = frame[frame["time"] >= pd.Timestamp(cutoff)]
+    return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def traffic_rows(params: Params, root: Path, since: str) -> int:
+    """How many rows were captured in the last `since` (the drift monitor's "is there traffic")."""
+    cutoff = datetime.now(timezone.utc) - parse_since(since)
+    return len(read_log(log_location(params.monitoring, root), cutoff, columns=["time"]))
+
+
+def traffic_batch(params: Params, root: Path, since: str):
+    """The captured traffic of the last `since` as the drift stage's current side."""
+    from pipeline.stages.drift import Batch, label_names
+
+    cutoff = datetime.now(timezone.utc) - parse_since(since)
+    uri = log_location(params.monitoring, root)
+    frame = read_log(uri, cutoff)
+    where = f"traffic captured since {cutoff:%Y-%m-%dT%H:%M:%SZ} in {uri}"
+    if frame.empty:
+        return Batch(pd.DataFrame(columns=["id", "text"]), [], where)
+    label_names(frame["prediction"], params.task, where)  # another task's model: stop here
+    images, keep, captured = [], [], len(frame)
+    for index, data in enumerate(frame["thumbnail"]):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(image.convert("RGB"))
+                keep.append(index)
+        except (OSError, ValueError, TypeError):
+            continue
+    frame = frame.iloc[keep].reset_index(drop=True)
+    rows = frame[["text", *drift_features.IMAGE_FEATURES]].copy()
+    rows.insert(0, "id", [f"traffic:{i}" for i in range(len(frame))])
+    predictions = pd.DataFrame({"pred_label": frame["prediction"].astype(str),
+                                "pred_confidence": frame["confidence"].astype(float)})
+    versions = sorted({f"{n} v{v}" for n, v in zip(frame["model_name"], frame["model_version"])})
+    notes = [f"captured traffic was scored by {', '.join(versions)}"] if versions else []
+    return Batch(rows, images, where, unreadable=captured - len(keep),
+                 predictions=predictions, notes=notes)
