@@ -10,7 +10,7 @@ image and text data, text length, and per image its bytes and pixels (ingest's l
 the way ingest checks them, pipeline/images.py). A request that breaks one gets a 400 whose
 message is one line naming the row and the limit; nothing of the input, no traceback.
 
-Registered as "model from code" (pipeline/registry.py logs this file, with the pipeline package
+Registered as "model from code" (pipeline/registry/packaging.py logs this file, with the pipeline package
 as code_paths), so nothing is unpickled at load time: the weights are safetensors, the config
 JSON, and this file is imported. The model is put in eval mode once, at load, and never switched
 again, so the scoring server's threads can share it.

@@ -88,7 +88,7 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
             experiment = None if run_id else tracking.experiment_id(params, uri, paths.root)
             with mlflow.start_run(run_id=run_id, experiment_id=experiment,
                                   run_name=None if run_id else "register") as run:
-                info = packaging.log_pyfunc(paths.model_dir, params.task)
+                info = packaging.log_pyfunc(paths.model_dir, params)
                 tags[lineage.REPRO_PATH_TAG] = lineage.log_repro_files(paths, content,
                                                                        params_file)
                 tags["mlflow.source_run_id"] = run.info.run_id

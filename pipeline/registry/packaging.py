@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.params import Params
 from pipeline.taxonomy import class_names
 
 PACKAGE_DIR = Path(__file__).parent.parent
@@ -57,12 +58,16 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-def log_pyfunc(model_dir: Path, task: str):
-    """Log the model into the active run; MLflow's ModelInfo (its model_uri is registered)."""
+def log_pyfunc(model_dir: Path, params: Params):
+    """Log the model into the active run; MLflow's ModelInfo (its model_uri is registered).
+    The project's serving limits travel in the model's config, so the served model enforces
+    params.yaml's caps rather than the defaults."""
     import mlflow
 
-    signature, example = _signature_and_example(task)
+    from pipeline import serving
+
+    signature, example = _signature_and_example(params.task)
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
         artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
-        pip_requirements=pinned_requirements())
+        pip_requirements=pinned_requirements(), model_config=serving.model_config(params))
