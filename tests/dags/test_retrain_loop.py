@@ -134,7 +134,7 @@ def test_first_retrain_runs_every_stage_as_its_own_task(loop):
     assert first["log"].count("Running stage 'train'") == 1
     assert "no default DVC remote: nothing to push" in first["log"]
     assert "mmguard summary" in first["log"]
-    assert _client(root).get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert str(_client(root).get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert (root / "artifacts/monitoring/reference/manifest.parquet").exists()
 
 
@@ -147,10 +147,13 @@ def test_source_param_switches_fetch_and_ingest(loop):
 
 def test_same_model_registered_again_is_the_same_version(loop):
     root, _ = loop
-    versions = {v.version for v in _client(root).search_model_versions(f"name='{MODEL}'")}
+    def versions() -> set[str]:
+        return {str(v.version) for v in _client(root).search_model_versions(f"name='{MODEL}'")}
+
+    before = versions()
     again = json.loads(run(["mmguard", "register"], root).stdout)
-    assert again["created"] is False and again["version"] in versions
-    assert {v.version for v in _client(root).search_model_versions(f"name='{MODEL}'")} == versions
+    assert again["created"] is False and again["version"] in before
+    assert versions() == before
 
 
 def test_undrifted_batch_is_recorded_and_triggers_nothing(loop):
@@ -204,11 +207,11 @@ def test_refused_challenger_ends_green_with_champion_unchanged(loop):
             retrain["tasks"]["keep_champion"]) == ("success", "skipped", "success")
     assert (retrain["tasks"]["push"], retrain["tasks"]["summary"]) == ("success", "success")
     client = _client(root)
-    assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     decision = json.loads((root / "artifacts/gate/decision.json").read_text())
     assert decision["decision"] == "keep" and decision["champion_seen"] == "1"
     challenger = client.get_model_version(MODEL, decision["challenger"])
-    assert challenger.version != "1"
+    assert str(challenger.version) != "1"
     for reason in decision["reasons"]:
         assert reason in retrain["log"]
     assert any(reason in " ".join(challenger.tags.values()) for reason in decision["reasons"])
