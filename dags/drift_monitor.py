@@ -4,8 +4,10 @@ reference and, on drift, schedules the retrain through the `mmguard_drift_detect
 Scheduled on the incoming-batch Asset or daily, whichever comes first. It runs no DVC stage: the
 batch goes through the real ingest into a scratch folder and the drift stage's compare-two-
 manifests mode (pipeline/orchestration/incoming.py). Each batch's report is recorded under
-artifacts/monitoring/incoming/<batch>/drift/ and the batch is never checked twice. Without drift
-the run records the reports and stops.
+artifacts/monitoring/incoming/<batch>/drift/ and the batch is never checked twice. The traffic the
+served model captured in the last `monitoring.traffic_window` is judged the same way (reports under
+artifacts/monitoring/traffic/<stamp>/); its drift fails `alert_traffic_drift`, which fires the
+failure notifier. Without drift the run records the reports and stops.
 """
 from __future__ import annotations
 
@@ -18,10 +20,14 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain, t
 
 
 @task.branch(task_id="check_drift")
-def check_drift(result: str) -> str:
+def check_drift(result: str) -> list[str]:
     checked = json.loads(result)
     print(f"checked batches: {json.dumps(checked['batches'])}")
-    return "announce_drift" if checked["drifted"] else "no_drift"
+    print(f"served traffic: {json.dumps(checked.get('traffic'))}")
+    follow = ["announce_drift"] if checked["drifted"] else []
+    if (checked.get("traffic") or {}).get("dataset_drift"):
+        follow.append("alert_traffic_drift")
+    return follow or ["no_drift"]
 
 
 @task(task_id="announce_drift", outlets=[DRIFT_DETECTED])
@@ -33,6 +39,19 @@ def announce_drift(result: str, outlet_events=None) -> None:
         print(f"drift in batch {name}: {summary['drift_share']:.0%} of columns drifted "
               f"({', '.join(summary['drifted_columns'])}); retraining")
     outlet_events[DRIFT_DETECTED].extra = {"batches": checked["drifted"]}
+
+
+@task(task_id="alert_traffic_drift")
+def alert_traffic_drift(result: str) -> None:
+    """Traffic brings no labels to retrain on, so its drift goes to people: failing this task
+    fires the failure notifier (SMTP when configured) with the summary."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    traffic = json.loads(result)["traffic"]
+    raise AirflowFailException(
+        f"served traffic drifted: embeddings {traffic.get('embedding_drifted')}, "
+        f"{traffic['drift_share']:.0%} of columns ({', '.join(traffic['drifted_columns'])}); "
+        f"{traffic['n_current']} requests against {traffic['n_reference']} reference items")
 
 
 with DAG(
@@ -50,4 +69,5 @@ with DAG(
     # The command's last stdout line (one JSON object) is the task's XCom.
     measure = project_command("check_incoming", "mmguard monitor incoming")
     chain(check_drift(measure.output),
-          [announce_drift(measure.output), EmptyOperator(task_id="no_drift")])
+          [announce_drift(measure.output), alert_traffic_drift(measure.output),
+           EmptyOperator(task_id="no_drift")])

@@ -255,6 +255,8 @@ class MonitoringParams(Section):
     flush_seconds: float = Field(10.0, gt=0)  # ...or this long after the first buffered row
     max_bytes: int = Field(1_000_000_000, ge=10_000)  # oldest part files go beyond this
     max_buffer_rows: int = Field(10_000, ge=1)  # rows beyond this are counted as dropped
+    # The drift monitor judges the traffic captured in this last window (`mmguard drift --since`).
+    traffic_window: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhdw]$")
 
 
 class GateParams(Section):

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -101,25 +102,43 @@ def ingest_batch(params: Params, paths: Paths, batch: Path) -> Path:
     return current
 
 
-def compare(paths: Paths, current: Path, out: Path, params_path: Path) -> dict:
+def compare(paths: Paths, out: Path, params_path: Path, *side: str) -> dict:
+    """Run the drift comparison of `side` (`--current FILE` or `--since WINDOW`) against the
+    champion's reference snapshot (the clean manifest's reference split before any promotion)."""
     reference = reference_manifest(paths)
     command = [*DRIFT_COMMAND, "--params", str(params_path), "--root", str(paths.root),
-               "--current", str(current), "--out", str(out)]
+               *side, "--out", str(out)]
     if reference.exists():
         command += ["--reference", str(reference)]
     subprocess.run(command, check=True, stdout=sys.stderr)
     return json.loads((out / "drift.json").read_text())
 
 
+def check_traffic(params: Params, paths: Paths, params_path: Path, window: str) -> dict | None:
+    """Drift of the traffic the served model captured in the last `window`; None without any."""
+    from pipeline.monitoring import capture
+
+    if capture.traffic_rows(params, paths.root, window) == 0:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return compare(paths, monitoring_dir(paths) / "traffic" / stamp, params_path,
+                   "--since", window)
+
+
 def check_new_batches(params: Params, paths: Paths,
                       params_path: Path = Path("params.yaml")) -> dict:
-    """Check every batch without a record; returns {"batches": {name: drift summary},
-    "drifted": [names]}. A batch ingest cannot read fails the run (it is not recorded)."""
+    """Check every batch without a record, and the served traffic of the last
+    `monitoring.traffic_window`; returns {"batches": {name: drift summary}, "drifted": [names],
+    "traffic": drift summary or None without traffic}. A batch ingest cannot read fails the run
+    (it is not recorded)."""
     results = {}
     for batch in new_batches(paths):
         current = ingest_batch(params, paths, batch)
-        results[batch.name] = compare(paths, current, batch_dir(paths, batch.name) / "drift",
-                                      params_path)
+        results[batch.name] = compare(paths, batch_dir(paths, batch.name) / "drift",
+                                      params_path, "--current", str(current))
         print(f"batch {batch.name}: {json.dumps(results[batch.name])}")
     drifted = [name for name, summary in results.items() if summary["dataset_drift"]]
-    return {"batches": results, "drifted": drifted}
+    traffic = check_traffic(params, paths, params_path, params.monitoring.traffic_window)
+    if traffic is not None:
+        print(f"traffic of the last {params.monitoring.traffic_window}: {json.dumps(traffic)}")
+    return {"batches": results, "drifted": drifted, "traffic": traffic}

@@ -102,7 +102,8 @@ def test_drift_monitor_and_retrain_are_linked_by_assets(dags):
     assert retrain["assets"] == ["mmguard_drift_detected"]
     tasks = monitor["tasks"]
     assert tasks["announce_drift"]["outlets"] == ["mmguard_drift_detected"]
-    assert tasks["check_drift"]["downstream"] == ["announce_drift", "no_drift"]
+    assert tasks["check_drift"]["downstream"] == ["alert_traffic_drift", "announce_drift",
+                                                  "no_drift"]
     assert not any(t["outlets"] for name, t in tasks.items() if name != "announce_drift")
     for dag in (monitor, retrain):
         assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)

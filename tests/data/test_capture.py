@@ -197,3 +197,33 @@ def test_drift_since_without_traffic_and_with_another_tasks_traffic(tmp_path, ti
     result = runner.invoke(app, ["drift", "--since", "24h", "--root", str(paths.root),
                                  "--params", str(params_file)])
     assert result.exit_code == 1 and "not classes of task 'hateful_memes'" in result.output
+
+
+@pytest.mark.slow  # a real `mmguard drift` child process: minutes on 2 busy cores
+def test_drift_monitor_judges_served_traffic_only_when_there_is_some(served, tmp_path,
+                                                                     tiny_model, monkeypatch):
+    from pipeline.orchestration import incoming
+
+    model, context = served
+    paths = _traffic_project(tmp_path, tiny_model, monkeypatch)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("drift:\n  log_to_mlflow: false\n")
+    params = parse_params({"drift": {"log_to_mlflow": False}})
+    assert incoming.check_new_batches(params, paths, params_file) == \
+        {"batches": {}, "drifted": [], "traffic": None}
+
+    traffic = synthetic_batch(1000, 80, "novel_vocabulary")
+    encoded = []
+    for image in traffic.images:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    model.predict(context, pd.DataFrame({"image": encoded, "text": traffic.rows["text"]}))
+    capture.flush()
+
+    checked = incoming.check_new_batches(params, paths, params_file)
+    assert checked["drifted"] == []  # traffic brings no labels: it alerts, it does not retrain
+    assert checked["traffic"]["dataset_drift"] is True
+    assert checked["traffic"]["n_current"] == len(traffic.rows)
+    reports = list((paths.artifacts / "monitoring" / "traffic").glob("*/drift.json"))
+    assert len(reports) == 1
