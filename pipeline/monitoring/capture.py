@@ -343,33 +343,3 @@ def traffic_rows(params: Params, root: Path, since: str) -> int:
     """How many rows were captured in the last `since` (the drift monitor's "is there traffic")."""
     cutoff = datetime.now(timezone.utc) - parse_since(since)
     return len(read_log(log_location(params.monitoring, root), cutoff, columns=["time"]))
-
-
-def traffic_batch(params: Params, root: Path, since: str):
-    """The captured traffic of the last `since` as the drift stage's current side."""
-    from pipeline.stages.drift import Batch, label_names
-
-    cutoff = datetime.now(timezone.utc) - parse_since(since)
-    uri = log_location(params.monitoring, root)
-    frame = read_log(uri, cutoff)
-    where = f"traffic captured since {cutoff:%Y-%m-%dT%H:%M:%SZ} in {uri}"
-    if frame.empty:
-        return Batch(pd.DataFrame(columns=["id", "text"]), [], where)
-    label_names(frame["prediction"], params.task, where)  # another task's model: stop here
-    images, keep, captured = [], [], len(frame)
-    for index, data in enumerate(frame["thumbnail"]):
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                images.append(image.convert("RGB"))
-                keep.append(index)
-        except (OSError, ValueError, TypeError):
-            continue
-    frame = frame.iloc[keep].reset_index(drop=True)
-    rows = frame[["text", *drift_features.IMAGE_FEATURES]].copy()
-    rows.insert(0, "id", [f"traffic:{i}" for i in range(len(frame))])
-    predictions = pd.DataFrame({"pred_label": frame["prediction"].astype(str),
-                                "pred_confidence": frame["confidence"].astype(float)})
-    versions = sorted({f"{n} v{v}" for n, v in zip(frame["model_name"], frame["model_version"])})
-    notes = [f"captured traffic was scored by {', '.join(versions)}"] if versions else []
-    return Batch(rows, images, where, unreadable=captured - len(keep),
-                 predictions=predictions, notes=notes)

@@ -43,12 +43,14 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
         return None  # never create an empty store just to find it has no champion
     import mlflow
 
-    client, uri = registry._client(params, root)
+    from pipeline.registry import store
+
+    client, uri = store.client_for(params, root)
     name = registry.model_name(params)
-    version = registry._alias_version(client, name, registry.CHAMPION)
+    version = store.alias_version(client, name, registry.CHAMPION)
     if version is None:
         return None
-    with registry.using_store(uri):
+    with tracking.using_uri(uri):
         # The served pyfunc's own loader, so drift sees exactly the weights that serve traffic.
         pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
     return MonitoredModel(pyfunc.unwrap_python_model().model,

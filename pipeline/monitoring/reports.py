@@ -14,11 +14,10 @@ def log_drift_reports(params: Params, root: Path, run_id: str | None, out_dir: P
     """Log out_dir's reports under `drift/<UTC time>/` and the scores as metrics; the run id."""
     import mlflow
 
-    from pipeline import registry, tracking
+    from pipeline import tracking
 
-    uri = tracking.tracking_uri(params, root)
-    with registry.using_store(uri):
-        experiment_id = tracking.set_up(params, root)
+    with tracking.store(params, root) as uri:
+        experiment_id = tracking.experiment_id(params, uri, root)
         resuming = tracking.run_exists(run_id)
         with mlflow.start_run(run_id=run_id if resuming else None,
                               experiment_id=None if resuming else experiment_id,

@@ -20,9 +20,11 @@ artifacts/drift), and logs them to MLflow on the monitored model's run.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from PIL import Image
 
 from pipeline import contracts, drift_features
 from pipeline.errors import StageFailed
+from pipeline.monitoring import capture
 from pipeline.params import DriftParams, Params
 from pipeline.paths import Paths
 from pipeline.taxonomy import class_names
@@ -296,6 +299,34 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
             "families": {k: v["drifted"] for k, v in result.get("families", {}).items()}}
 
 
+def traffic_batch(params: Params, root: Path, since: str):
+    """The captured traffic of the last `since` as the drift stage's current side."""
+    cutoff = datetime.now(timezone.utc) - capture.parse_since(since)
+    uri = capture.log_location(params.monitoring, root)
+    frame = capture.read_log(uri, cutoff)
+    where = f"traffic captured since {cutoff:%Y-%m-%dT%H:%M:%SZ} in {uri}"
+    if frame.empty:
+        return Batch(pd.DataFrame(columns=["id", "text"]), [], where)
+    label_names(frame["prediction"], params.task, where)  # another task's model: stop here
+    images, keep, captured = [], [], len(frame)
+    for index, data in enumerate(frame["thumbnail"]):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(image.convert("RGB"))
+                keep.append(index)
+        except (OSError, ValueError, TypeError):
+            continue
+    frame = frame.iloc[keep].reset_index(drop=True)
+    rows = frame[["text", *drift_features.IMAGE_FEATURES]].copy()
+    rows.insert(0, "id", [f"traffic:{i}" for i in range(len(frame))])
+    predictions = pd.DataFrame({"pred_label": frame["prediction"].astype(str),
+                                "pred_confidence": frame["confidence"].astype(float)})
+    versions = sorted({f"{n} v{v}" for n, v in zip(frame["model_name"], frame["model_version"])})
+    notes = [f"captured traffic was scored by {', '.join(versions)}"] if versions else []
+    return Batch(rows, images, where, unreadable=captured - len(keep),
+                 predictions=predictions, notes=notes)
+
+
 def run(params: Params, paths: Paths, reference_manifest: Path | None = None,
         current_manifest: Path | None = None, out_dir: Path | None = None,
         since: str | None = None) -> dict:
@@ -305,8 +336,6 @@ def run(params: Params, paths: Paths, reference_manifest: Path | None = None,
     if since is not None:
         if current_manifest is not None:
             raise StageFailed("give either a current manifest or --since, not both")
-        from pipeline.monitoring.capture import traffic_batch
-
         current = traffic_batch(params, paths.root, since)
     else:
         current = _side(paths, current_manifest, settings.current_split, "current", params.task)

@@ -101,8 +101,8 @@ def write_shards(root: Path, task: str = "hateful_memes",
                                          "shards": [str(Path(p).relative_to(root))
                                                     for p in shards]}
             sizes["splits"]["train"] = {"samples": len(samples),
-                                        "shards": sum(len(v["shards"])
-                                                      for v in per_class.values()),
+                                        "shards": [s for v in per_class.values()
+                                                   for s in v["shards"]],
                                         "per_class": per_class}
         else:
             shards = _write(root / split, samples, per_shard)

@@ -17,7 +17,10 @@ def import_graph() -> dict[str, set[str]]:
         name = stage_deps._dotted(ROOT, path)
         targets = {stage_deps.module_file(ROOT, n) for n in stage_deps.imported_names(ROOT, path)
                    if not n.endswith(".*")}
-        graph[name] = {stage_deps._dotted(ROOT, t) for t in targets if t} - {name}
+        # A submodule's own packages always run first (Python's order, not a design choice), so
+        # `pipeline.registry.operations` naming `pipeline.registry` is no cycle.
+        ancestors = {name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)}
+        graph[name] = {stage_deps._dotted(ROOT, t) for t in targets if t} - {name} - ancestors
     return graph
 
 
