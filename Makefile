@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench quality lock clean
+.PHONY: install run test bench quality lock clean stack-install test-stack
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -34,8 +34,19 @@ bench: install
 quality: install
 	$(PY) -m pytest tests/quality -s -p no:cacheprovider --timeout=3600
 
+# The production stack on this machine (Postgres, S3, MLflow server, Airflow; see pipeline/stack)
+# and its test tier, which brings the stack up in a throwaway clone and runs the retrain DAG.
+.venv/stack-installed: .venv/installed
+	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test,stack]'
+	touch $@
+
+stack-install: .venv/stack-installed
+
+test-stack: .venv/stack-installed
+	$(PY) -m pytest tests/stack -m stack -p no:cacheprovider --timeout=1800
+
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
 
 clean:
-	rm -rf artifacts mlflow.db mlruns mlartifacts airflow_home
+	rm -rf artifacts mlflow.db mlruns mlartifacts airflow_home  # .stack/ holds the stack's data: `mmguard stack down` first, then remove it by hand
