@@ -98,14 +98,25 @@ def _gateway_answers(state: StackState) -> bool:
         return False
 
 
+def ensure_buckets(s3) -> None:
+    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    for bucket in BUCKETS:
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+
+
 def start(state: StackState, env: dict[str, str]) -> None:
     state.data_dir(SERVICE).mkdir(parents=True, exist_ok=True)
     log = state.log_file(SERVICE)
     processes.start(command(state), env, state.pid_file(SERVICE), log, state.root)
     processes.wait_until(lambda: _gateway_answers(state), "the S3 gateway", 90, log)
-    s3 = client(state)
-    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
-    for bucket in BUCKETS:
-        if bucket not in existing:
-            s3.create_bucket(Bucket=bucket)
+    ensure_buckets(client(state))
     processes.wait_until(lambda: healthy(state), "the S3 buckets", 30, log)
+
+
+if __name__ == "__main__":
+    # The compose stack's init step: `python -m pipeline.stack.objectstore http://seaweedfs:8333`
+    # creates the buckets with the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    import boto3
+
+    ensure_buckets(boto3.client("s3", endpoint_url=sys.argv[1], region_name=REGION))
