@@ -88,6 +88,7 @@ def up(state: StackState) -> dict[str, float]:
     """Start every service that is not running; seconds each one took to become healthy."""
     started = time.monotonic()
     timings: dict[str, float] = {}
+    state.ensure_private_root()
     state.credentials()
     if not any(_running(state, name) for name in service_names()):
         # A port kept from an earlier start that someone else holds now gets a new number.

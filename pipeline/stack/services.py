@@ -84,7 +84,6 @@ def mlflow_command(state: StackState) -> list[str]:
     port = state.ports()["mlflow"]
     return [str(BIN / "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
             "--workers", "1", "--app-name", "basic-auth",
-            "--backend-store-uri", postgres.uri(state, MLFLOW_DB),
             "--serve-artifacts", "--artifacts-destination", f"s3://{MLFLOW_BUCKET}",
             "--allowed-hosts", f"{LOOPBACK}:{port},localhost:{port}"]
 
@@ -96,6 +95,8 @@ def mlflow_env(state: StackState) -> dict[str, str]:
                AWS_SECRET_ACCESS_KEY=creds["s3_secret_key"],
                AWS_DEFAULT_REGION=objectstore.REGION,
                MLFLOW_S3_ENDPOINT_URL=objectstore.endpoint(state),
+               # In the environment, not on the command line, where `ps` would show the password.
+               MLFLOW_BACKEND_STORE_URI=postgres.uri(state, MLFLOW_DB),
                MLFLOW_AUTH_CONFIG_PATH=str(_auth_config(state)),
                MLFLOW_FLASK_SERVER_SECRET_KEY=creds["mlflow_flask_secret"],
                # The job runner serves GenAI scorer jobs, which this project has none of.

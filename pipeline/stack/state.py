@@ -94,6 +94,11 @@ class StackState:
     def root(self) -> Path:
         return self.project / STATE_FOLDER
 
+    def ensure_private_root(self) -> None:
+        """The state folder holds secrets and logs: only its owner may list or read it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)  # 0o711: Postgres's OS user must still traverse into it
+
     @property
     def credentials_file(self) -> Path:
         return self.root / "credentials.json"
