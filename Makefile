@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench quality lock clean stack-install test-stack
+.PHONY: install run test bench quality lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -36,6 +36,7 @@ quality: install
 
 # The production stack on this machine (Postgres, S3, MLflow server, Airflow; see pipeline/stack)
 # and its test tier, which brings the stack up in a throwaway clone and runs the retrain DAG.
+.PHONY: stack-install test-stack
 .venv/stack-installed: .venv/installed
 	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test,stack]'
 	touch $@
