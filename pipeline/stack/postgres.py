@@ -77,7 +77,10 @@ def uri(state: StackState, database: str, driver: str = "postgresql+psycopg2") -
 
 
 def _run(command: list[str], user: str | None) -> None:
-    result = subprocess.run(command, user=user, capture_output=True, text=True)
+    # The OS user's own group, not ours (root's): a folder of ours with no group bits must
+    # still be traversable through its "other" bits.
+    as_user = {"user": user, "group": user, "extra_groups": []} if user else {}
+    result = subprocess.run(command, capture_output=True, text=True, **as_user)
     if result.returncode != 0:
         raise StackError(f"{' '.join(command[:2])} failed ({result.returncode}): "
                          f"{(result.stderr or result.stdout).strip()[-800:]}")
