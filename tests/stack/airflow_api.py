@@ -49,6 +49,13 @@ class AirflowApi:
                            params={"limit": 100})
         return {ti["task_id"]: ti["state"] for ti in found["task_instances"]}
 
+    def task_durations(self, dag_id: str, run_id: str) -> dict[str, float]:
+        found = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                           params={"limit": 100})
+        done = [ti for ti in found["task_instances"] if ti.get("duration") is not None]
+        return {ti["task_id"]: ti["duration"]
+                for ti in sorted(done, key=lambda ti: ti.get("start_date") or "")}
+
     def wait(self, dag_id: str, run_id: str, timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

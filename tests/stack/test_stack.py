@@ -15,11 +15,12 @@ import yaml
 from pipeline.stack import objectstore, services
 from pipeline.stack.state import DVC_BUCKET
 from tests.project import BIN, project_env
-from tests.stack.conftest import commit_all, mmguard
+from tests.stack.harness import commit_all, mmguard
 
 DAG = "mmguard_retrain"
 MODEL = "mmguard-hateful_memes"
 RUN_TIMEOUT_S = 900
+pytestmark = pytest.mark.stack
 TIMINGS: dict[str, float] = {}
 
 

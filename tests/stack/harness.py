@@ -1,0 +1,60 @@
+"""What the stack tier and the stack benchmark share: a committed copy of the project with tiny
+params, `mmguard` as a subprocess, and the stack up around a block."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.stack.state import StackState
+from tests.project import BIN, ROOT, SMALL, make_project, project_env
+
+# Small data, and no Airflow retries: a failing task fails the run at once.
+TINY = {**SMALL, "airflow": {"retries": 0, "retry_delay_s": 5,
+                             "stages": {"train": {"retries": 0}}}}
+
+
+def mmguard(*args: str, cwd: Path, env: dict | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / "mmguard"), *args], cwd=cwd, capture_output=True,
+                            text=True, env={**project_env(), **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"mmguard {' '.join(args)} exited {result.returncode}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def commit_all(repo: Path, message: str) -> None:
+    for command in (["git", "add", "-A"], ["git", "-c", "user.name=stack-test", "-c",
+                                           "user.email=stack-test@localhost", "commit", "-qm",
+                                           message, "--allow-empty"]):
+        subprocess.run(command, cwd=repo, check=True, capture_output=True)
+
+
+def copy_of_project(dest: Path) -> Path:
+    """The project with TINY params and its dags/, committed to a git repo of its own."""
+    project = make_project(dest, TINY)
+    shutil.copytree(ROOT / "dags", project / "dags",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (project / ".gitignore").write_text("/.stack/\n/data/\n/artifacts/\n/mlflow.db\n"
+                                        "/airflow_home/\n")
+    commit_all(project, "project under test")
+    return project
+
+
+@contextmanager
+def running_stack(dest: Path) -> Iterator[StackState]:
+    """A project copy at `dest` with the stack up; `down` on the way out. Prints the cold start
+    time (`mmguard stack up` from nothing: no data, no ports, no credentials)."""
+    project = copy_of_project(dest)
+    begin = time.monotonic()
+    try:
+        up = mmguard("stack", "up", "--root", str(project), cwd=project)
+        print(f"\n[stack] cold start: {time.monotonic() - begin:.1f}s\n{up.stdout}")
+        yield StackState.of(project)
+    finally:
+        down = mmguard("stack", "down", "--root", str(project), cwd=project, check=False)
+        print(down.stdout, down.stderr)
