@@ -21,21 +21,22 @@ def test_scheduler_run_against_dag_test(tmp_path):
     with running_stack(tmp_path / "stack") as state:
         api = AirflowApi(state)
         api.wait_for_dag(DAG)
-        api.unpause(DAG)
-        begin = time.perf_counter()
-        run_id = api.trigger(DAG)
-        state_seen = api.wait(DAG, run_id, 1800)
-        scheduler_s = time.perf_counter() - begin
-        durations = api.task_durations(DAG, run_id)
-    assert state_seen == "success", durations
+        api.unpause(DAG)  # the scheduler also creates the latest weekly run, which goes first
+        api.wait(DAG, api.trigger(DAG), 3600)
+        runs = api.runs(DAG)
+        first = min(runs, key=lambda r: r["start_date"])
+        durations = api.task_durations(DAG, first["dag_run_id"])
+    assert all(r["state"] == "success" for r in runs), runs
+    scheduler_s = first["duration"]
 
     begin = time.perf_counter()
     report = run(["mmguard", "run"], copy_of_project(tmp_path / "dagtest")).stdout
     dag_test_s = time.perf_counter() - begin
     assert "mmguard_retrain: success" in report
 
-    print(f"\n[bench] one retrain run, real scheduler (trigger to success): {scheduler_s:.1f} s")
-    print(f"[bench] one retrain run, dag.test() via mmguard run (incl. set-up): {dag_test_s:.1f} s")
+    print(f"\n[bench] one cold retrain run, real scheduler (run start to end): {scheduler_s:.1f} s")
+    print(f"[bench] one cold retrain run, dag.test() via mmguard run (incl. DB set-up): "
+          f"{dag_test_s:.1f} s")
     print(f"[bench] scheduler / dag.test(): {scheduler_s / dag_test_s:.2f}x")
     print("[bench] per task through the scheduler (s): " +
           ", ".join(f"{task} {seconds:.1f}" for task, seconds in durations.items()))

@@ -41,6 +41,9 @@ class AirflowApi:
                          json={"logical_date": None, "conf": conf or {}})
         return run["dag_run_id"]
 
+    def runs(self, dag_id: str) -> list[dict]:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+
     def run_state(self, dag_id: str, run_id: str) -> str:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
 

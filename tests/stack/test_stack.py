@@ -36,11 +36,8 @@ def _champion(client) -> str | None:
 
 
 def _run(airflow, conf: dict | None = None) -> tuple[str, str]:
-    begin = time.monotonic()
     run_id = airflow.trigger(DAG, conf)
-    state = airflow.wait(DAG, run_id, RUN_TIMEOUT_S)
-    TIMINGS.setdefault("first run through the scheduler", time.monotonic() - begin)
-    return run_id, state
+    return run_id, airflow.wait(DAG, run_id, RUN_TIMEOUT_S)
 
 
 def test_status_reports_every_service_healthy(stack):
@@ -69,10 +66,16 @@ def test_mlflow_refuses_unauthenticated_requests(stack):
 def test_retrain_dag_through_the_rest_api(stack, airflow, client):
     airflow.wait_for_dag(DAG)
     airflow.unpause(DAG)
+    # Unpausing lets the scheduler create the latest weekly run as well (catchup=False still
+    # runs the last interval); with max_active_runs=1 it goes first. Both must succeed and one
+    # of them must promote: the first model has no champion to beat.
     run_id, state = _run(airflow)
-    tasks = airflow.task_states(DAG, run_id)
-    assert state == "success", tasks
-    assert tasks["promote"] == "success", tasks
+    runs = airflow.runs(DAG)
+    assert state == "success" and all(r["state"] == "success" for r in runs), \
+        {r["dag_run_id"]: airflow.task_states(DAG, r["dag_run_id"]) for r in runs}
+    assert any(airflow.task_states(DAG, r["dag_run_id"])["promote"] == "success" for r in runs)
+    first = min(runs, key=lambda r: r["start_date"])
+    TIMINGS["first run through the scheduler (start to end)"] = first["duration"]
     # @champion in the server's registry, its weights in the S3 artifact store
     champion = _champion(client)
     assert champion is not None
