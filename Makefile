@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test bench quality lock clean
+.PHONY: install run test test-dags-slow bench quality lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(PY) -m pytest tests
+
+# The expensive DAG runs: the drift -> retrain loop end to end and the killed-and-retried train task.
+test-dags-slow: install
+	$(PY) -m pytest tests/dags -m slow -p no:cacheprovider --timeout=3600
 
 bench: install
 	$(PY) -m pytest tests/bench -s -p no:cacheprovider --timeout=3600

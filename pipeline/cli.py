@@ -87,38 +87,147 @@ def fetch(source: str = typer.Option(..., "--source", help="synthetic, hateful_m
 
 @app.command()
 def run(params: Path = PARAMS_OPTION) -> None:
-    """The main job: fetch the embedded data if absent, `dvc repro`, print a summary."""
-    from pipeline import workflow
+    """The main job through Airflow: the retrain DAG once (`dag.test()`, SQLite metadata DB in
+    airflow_home/), then each task's state and duration, the gate decision and where to look."""
+    from pipeline.orchestration import local_airflow
 
-    code = workflow.run_all(_load(params))
-    raise typer.Exit(code)
+    _load(params)  # a bad params.yaml stops here, before Airflow starts
+    raise typer.Exit(local_airflow.run_retrain(Path(".").resolve()))
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="a stage of dvc.yaml")) -> None:
+    """Run one DVC stage alone (what each retrain-DAG task does): with a default DVC remote, pull
+    its inputs, `dvc repro --single-item NAME`, push its outputs; without one, just the repro."""
+    import subprocess
+
+    from pipeline.orchestration.stage_runner import run_stage
+
+    try:
+        run_stage(name)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    except subprocess.CalledProcessError as exc:
+        typer.secho(f"stage {name} failed: {' '.join(exc.cmd[2:])} exited {exc.returncode}",
+                    fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def land(sources: list[str] = typer.Argument(None, help="sources to use (none: params.yaml's "
+                                             "ingest.sources)"),
+         params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Pick the sources ingest reads (sets params.yaml ingest.sources, as `dvc exp run -S` would;
+    batches in data/incoming/ always join) and fetch each of them."""
+    from pipeline.orchestration.sources import land as land_sources
+
+    try:
+        chosen = land_sources(list(sources or []), params, root)
+    except (StageFailed, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"land failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({"sources": chosen}))
+
+
+monitor_app = typer.Typer(no_args_is_help=True, help="The drift monitor's steps.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("incoming")
+def monitor_incoming(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Check each new batch in data/incoming/ for drift against the champion's training data;
+    the last line printed is the JSON result {"batches": {...}, "drifted": [...]}."""
+    from pipeline.orchestration import incoming
+
+    try:
+        result = incoming.check_new_batches(_load(params), Paths(root), params)
+    except StageFailed as exc:
+        typer.secho(f"drift monitor failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result))
+
+
+@monitor_app.command("reference")
+def monitor_reference(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Snapshot the clean manifest's reference split as the champion's drift reference."""
+    from pipeline.orchestration import incoming
+
+    try:
+        incoming.save_reference(_load(params), Paths(root))
+    except StageFailed as exc:
+        typer.secho(f"drift reference failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+ALLOW_ROLLED_BACK = typer.Option(False, "--allow-rolled-back",
+                                 help="consider a version that was rolled back")
 
 
 @app.command()
 def register(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Register artifacts/model as a new version of the registered model, alias @challenger."""
+    """Register artifacts/model (idempotent on its content hash), alias @challenger; prints
+    {"version": "N", "created": bool}."""
     from pipeline import registry
 
-    version = _registry_call(lambda: registry.register(_load(params), Paths(root)))
-    _print({"version": version})
+    result = _registry_call(lambda: registry.register(_load(params), Paths(root), params))
+    typer.echo(json.dumps(result))
 
 
 @app.command()
-def promote(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Move @champion to @challenger if it passes the gate; exit 1 when it does not."""
+def gate(out: Path = typer.Option(..., "--out", help="JSON file for the decision"),
+         allow_rolled_back: bool = ALLOW_ROLLED_BACK,
+         params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Score @challenger against @champion and write the decision (promote|keep); moves nothing.
+    Exits 0 whenever the gate ran, 1 only on registry errors."""
     from pipeline import registry
 
-    decision = _registry_call(lambda: registry.promote(_load(params), Paths(root)))
-    if not decision.promoted:
-        raise typer.Exit(1)
+    decision = _registry_call(lambda: registry.gate(_load(params), Paths(root),
+                                                    allow_rolled_back))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def promote(decision: Path = typer.Option(None, "--decision", help="a `gate --out` file to "
+                                          "apply; without it the gate runs first"),
+            allow_rolled_back: bool = ALLOW_ROLLED_BACK,
+            params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Move @champion to the challenger with compare-and-set: refuse (exit 1) when @champion is
+    no longer the version the gate saw. Without --decision, also exit 1 when the gate says keep."""
+    from pipeline import registry
+
+    loaded, paths = _load(params), Paths(root)
+    if decision is None:
+        gated = _registry_call(lambda: registry.promote(loaded, paths, allow_rolled_back))
+        if not gated.promoted:
+            raise typer.Exit(1)
+        return
+    try:
+        read = registry.GateDecision.from_dict(json.loads(decision.read_text()))
+    except (OSError, ValueError) as exc:
+        typer.secho(f"cannot read the gate decision {decision}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    _print(_registry_call(lambda: registry.apply_decision(loaded, paths, read,
+                                                          allow_rolled_back)))
 
 
 @app.command()
 def rollback(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
-    """Point @champion back at @previous_champion."""
+    """Point @champion back at @previous_champion; the demoted version is marked rolled back."""
     from pipeline import registry
 
-    _print(_registry_call(lambda: registry.rollback(_load(params), root)))
+    _print(_registry_call(lambda: registry.rollback(_load(params), Paths(root))))
+
+
+@app.command()
+def checkout(version: str = typer.Option(..., "--version", help="registered version number"),
+             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Restore a version's dvc.lock, data.dvc, params.yaml and let DVC restore its data,
+    artifacts and model (`dvc pull` with a default remote, else `dvc checkout`). No git."""
+    from pipeline import registry
+
+    _print(_registry_call(lambda: registry.checkout(_load(params), Paths(root), version)))
 
 
 @app.command()
@@ -127,6 +236,9 @@ def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
             input_file: Path = typer.Option(..., "--input", help=".jsonl or .parquet of image, text"),
             output_file: Path = typer.Option(..., "--output", help=".parquet or .jsonl to write"),
             batch_size: int = typer.Option(64, "--batch-size", min=1),
+            images_dir: Path | None = typer.Option(
+                None, "--images-dir", help="folder every image path must lie in (default: the "
+                "input file's folder)"),
             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
     """Batch inference over a file; bad rows are reported in the output, not fatal."""
     import mlflow
@@ -134,11 +246,14 @@ def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
     from pipeline import tracking
     from pipeline.predict import PredictError, predict_file
 
-    uri = tracking.tracking_uri(_load(params), root)
+    loaded = _load(params)
+    uri = tracking.tracking_uri(loaded, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    folder = images_dir if images_dir is not None else input_file.resolve().parent
     try:
-        _print(predict_file(model, input_file, output_file, batch_size))
+        _print(predict_file(model, input_file, output_file, folder,
+                            loaded.ingest.max_image_bytes, batch_size))
     except PredictError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None

@@ -7,10 +7,12 @@ decompression bomb never allocates its pixels.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import re
+import stat
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from pipeline import phash
+from pipeline import atomic, phash
 
 # Truncated files must fail, not decode half grey; nothing in this project may flip this.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -43,6 +45,7 @@ class ImageRejected(ValueError):
 class ImageLimits:
     max_pixels: int
     min_side: int
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def decode(data: bytes, limits: ImageLimits) -> DecodedImage:
     """Header checks, a full decode, then conversion to RGB; ImageRejected on any failure."""
     if not data:
         raise ImageRejected("empty_image", "the image file has zero bytes")
+    if len(data) > limits.max_bytes:
+        raise _too_large(len(data), limits.max_bytes)
     with _pixel_limit(limits.max_pixels):
         try:
             image = Image.open(io.BytesIO(data))
@@ -186,50 +191,107 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _write_atomically(dest: Path, data: bytes) -> None:
-    """Readers never see half a file: write beside it, then rename (atomic on one filesystem).
-    The temp name carries the pid, so parallel workers storing the same image cannot collide."""
-    if not dest.parent.is_dir():  # a stat is much cheaper than mkdir on most filesystems
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)  # level 3: near-6 size, much faster
     return buffer.getvalue()
 
 
-def store(source: Path | None, store_dir: Path, root: Path, limits: ImageLimits) -> StoredImage:
-    """Check, normalise and store the image at `source`.
+def _too_large(size: int, max_bytes: int) -> ImageRejected:
+    return ImageRejected("file_too_large", f"{size} bytes, over ingest.max_image_bytes = "
+                                           f"{max_bytes}")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _nameable(path: str) -> bool:
+    try:
+        return b"\x00" not in os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate the filesystem encoding cannot carry
+        return False
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_confined(source: Path | str | None, folder: Path, max_bytes: int,
+                  shown: str | None = None) -> bytes:
+    """The bytes of `source`, which must resolve to a regular file inside `folder`.
+
+    Symlinks may point anywhere inside `folder`, never out of it. The file is opened without
+    blocking (a FIFO cannot hang the caller) and without following a last-moment symlink, and
+    its size is checked on the open descriptor before anything is read, so neither /dev/zero
+    nor a huge file can exhaust memory. Errors name the path as the caller gave it (`shown`),
+    never where a symlink led.
+    """
+    if source is None or str(source) == "":
+        raise ImageRejected("missing_image", "the record names no image")
+    shown = shown if shown is not None else str(source)
+    if not _nameable(str(source)):
+        raise ImageRejected("path_outside_dataset", "the image path holds a NUL or an "
+                            "unencodable character, so it cannot name a file in the dataset")
+    home = os.path.realpath(folder)
+    resolved = os.path.realpath(source)
+    if not _inside(os.path.abspath(source), os.path.abspath(folder)) \
+            or not _inside(resolved, home):
+        raise ImageRejected("path_outside_dataset", f"{shown} lies outside the source folder "
+                                                    "(or is a symlink leading out of it)")
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(resolved, flags)
+    except FileNotFoundError:
+        raise ImageRejected("missing_image", f"{shown} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a symlink after the check above
+            raise ImageRejected("path_outside_dataset", f"{shown} became a symlink") from None
+        raise ImageRejected("missing_image", f"{shown} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageRejected("not_a_regular_file", f"{shown} is {_kind(info.st_mode)}")
+        if info.st_size > max_bytes:
+            raise _too_large(info.st_size, max_bytes)
+        chunks, remaining = [], max_bytes + 1  # +1: a file that grew past the cap is caught
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise ImageRejected("missing_image", f"{shown} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise _too_large(len(data), max_bytes)
+    return data
+
+
+def store(source: Path | None, folder: Path, store_dir: Path, root: Path,
+          limits: ImageLimits) -> StoredImage:
+    """Check, normalise and store the image at `source`, which must lie inside `folder`.
 
     The file name is the sha256 of the ORIGINAL bytes, so the same upload always lands in the same
     place whatever conversion it needed; an RGB JPEG/PNG keeps its bytes, anything else is stored
     as an RGB PNG.
     """
-    if source is None:
-        raise ImageRejected("missing_image", "the record names no image")
-    shown = _relative(Path(source), root)
-    try:
-        data = Path(source).read_bytes()
-    except FileNotFoundError:
-        raise ImageRejected("missing_image", f"{shown} does not exist") from None
-    except IsADirectoryError:
-        raise ImageRejected("missing_image", f"{shown} is a directory") from None
-    except OSError as exc:
-        raise ImageRejected("missing_image", f"{shown} cannot be read: {exc.strerror}") from None
+    shown = _relative(Path(source), root) if source is not None else None
+    data = read_confined(source, folder, limits.max_bytes, shown)
     decoded = decode(data, limits)
     sha = hashlib.sha256(data).hexdigest()
     extension = "png" if decoded.converted else _KEPT_FORMATS[decoded.format]
     dest = store_dir / sha[:2] / f"{sha}.{extension}"
     if not dest.exists():  # content-addressed: an existing file already holds these bytes
-        _write_atomically(dest, _png_bytes(decoded.image) if decoded.converted else data)
+        atomic.write_bytes(dest, _png_bytes(decoded.image) if decoded.converted else data)
     width, height = decoded.image.size
     return StoredImage(
         sha256=sha,

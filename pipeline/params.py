@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 Task = Literal["hateful_memes", "moderation7"]
 Split = Literal["train", "val", "test"]
-SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco"]
+SourceName = Literal["synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco", "incoming"]
 
 
 class Section(BaseModel):
@@ -95,6 +95,8 @@ class IngestParams(Section):
     sources: tuple[SourceName, ...] = ("synthetic",)
     max_text_chars: int = Field(1000, ge=16)
     max_image_pixels: int = Field(40_000_000, ge=1024)  # decompression-bomb guard
+    # Image files above this are quarantined (file_too_large) before a byte is read.
+    max_image_bytes: int = Field(50 * 2**20, ge=1024)
     min_image_side: int = Field(16, ge=1)
     # Sources without splits are split by a hash of the id with these fractions.
     splits: SplitFractions = SplitFractions()
@@ -214,6 +216,40 @@ class RegistryParams(Section):
     gate: GateParams = GateParams()
 
 
+class StageTaskParams(Section):
+    """One Airflow task's limits; unset keys fall back to the `airflow` section's defaults."""
+
+    retries: int | None = Field(None, ge=0)
+    execution_timeout_min: float | None = Field(None, gt=0)
+
+
+class AirflowParams(Section):
+    """How the retrain DAG runs each DVC stage (read when Airflow parses the DAG)."""
+
+    retries: int = Field(1, ge=0)
+    retry_delay_s: int = Field(60, ge=0)
+    execution_timeout_min: float = Field(60, gt=0)
+    # Per DVC stage overrides, e.g. train: {retries: 2, execution_timeout_min: 240}.
+    stages: dict[str, StageTaskParams] = Field(default_factory=dict)
+    # Stages that need a GPU run in the `gpu` pool and on the `gpu` queue (Celery GPU workers);
+    # the pool's slots bound how many of them run at once.
+    gpu_stages: tuple[str, ...] = ("train",)
+    gpu_pool_slots: int = Field(1, ge=1)
+    # Failure e-mails go through this Airflow connection when it exists (else a log line).
+    smtp_conn_id: str = "smtp_default"
+    alert_to: tuple[str, ...] = ()
+
+    def for_stage(self, name: str) -> tuple[int, float]:
+        own = self.stages.get(name, StageTaskParams())
+        return (self.retries if own.retries is None else own.retries,
+                self.execution_timeout_min if own.execution_timeout_min is None
+                else own.execution_timeout_min)
+class ServingParams(Section):
+    # Caps of the served model; text length and image size/pixels reuse ingest's limits.
+    max_rows: int = Field(1000, ge=1)  # rows per request
+    max_request_bytes: int = Field(32 * 2**20, ge=1024)  # image + text data of one request
+
+
 class Params(Section):
     task: Task = "hateful_memes"
     synthetic: SyntheticParams = SyntheticParams()
@@ -229,6 +265,8 @@ class Params(Section):
     checks: ChecksParams = ChecksParams()
     drift: DriftParams = DriftParams()
     registry: RegistryParams = RegistryParams()
+    airflow: AirflowParams = AirflowParams()
+    serving: ServingParams = ServingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())

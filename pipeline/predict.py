@@ -1,20 +1,31 @@
 """Batch inference: a jsonl or parquet file of (image, text) rows through a registered model.
 
-Input rows need `image` (a path, relative paths taken from the input file's folder, or base64
-bytes; `img` and `image_path` are accepted as the column name too) and `text`; `id` is kept when
-present. Every input row comes out exactly once: with its label and probabilities, or with an
-`error` saying why it could not be scored. A bad row never stops the run; a batch that fails is
-re-scored row by row so only the bad rows lose their predictions.
+Input rows need `image` (a path relative to the images folder, or base64 bytes; `img` and
+`image_path` are accepted as the column name too) and `text`; `id` is kept when present. Every
+input row comes out exactly once: with its label and probabilities, or with an `error` saying why
+it could not be scored. A bad row never stops the run; a batch that fails is re-scored row by row
+so only the bad rows lose their predictions.
+
+Paths are resolved here, never by the model: each must be a regular file inside the images
+folder the caller names (by default the input file's folder), read with ingest's confinement and
+size rules (pipeline/images.read_confined), and its bytes go to the model as base64.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
+from pipeline import atomic, images
+
 IMAGE_COLUMNS = ("image", "img", "image_path")
+MAX_PATH_CHARS = 4096
+# Base64 of the smallest real image file is longer than this; a shorter string is a path.
+MIN_INLINE_BYTES = 64
 
 
 class PredictError(ValueError):
@@ -55,13 +66,24 @@ def read_rows(path: Path) -> pd.DataFrame:
     return out
 
 
-def _resolve_image(value: object, base: Path) -> object:
-    """Relative paths are relative to the input file; anything else goes to the model as is."""
-    if isinstance(value, str) and value and len(value) < 4096:
-        candidate = base / value
-        if not Path(value).is_absolute() and candidate.is_file():
-            return str(candidate)
-    return value
+def _is_inline(value: str) -> bool:
+    """Base64 image data rather than a path: valid base64 of at least MIN_INLINE_BYTES bytes
+    (paths almost always hold a `.`, which base64 never does)."""
+    if len(value) >= MAX_PATH_CHARS:
+        return True
+    try:
+        return len(base64.b64decode(value, validate=True)) >= MIN_INLINE_BYTES
+    except (binascii.Error, ValueError):
+        return False
+
+
+def load_image(value: object, folder: Path, max_bytes: int) -> object:
+    """A path becomes base64 of the file it names inside `folder`; anything else goes to the
+    model as it is (which checks it). ImageRejected when the path is not such a file."""
+    if not isinstance(value, str) or not value or _is_inline(value):
+        return value
+    data = images.read_confined(folder / value, folder, max_bytes, shown=value)
+    return base64.b64encode(data).decode("ascii")
 
 
 def _row_problem(image: object, text: object) -> str | None:
@@ -90,16 +112,28 @@ def _score(model, rows: pd.DataFrame, batch_size: int) -> tuple[pd.DataFrame | N
     return scored, errors
 
 
-def predict_file(model_uri: str, input_path: Path, output_path: Path,
-                 batch_size: int = 64) -> dict:
-    """Score every row of `input_path` with `model_uri`; write `output_path` (.parquet/.jsonl)."""
+def _load_images(rows: pd.DataFrame, folder: Path, max_bytes: int) -> pd.Series:
+    """The model's image input per row; a row whose path cannot be read gets its error."""
+    loaded = pd.Series(None, index=rows.index, dtype=object)
+    for index in rows.index[rows["error"].isna()]:
+        try:
+            loaded[index] = load_image(rows.at[index, "image"], folder, max_bytes)
+        except images.ImageRejected as exc:
+            rows.loc[index, "error"] = f"{exc.reason}: {exc.detail}"
+    return loaded
+
+
+def predict_file(model_uri: str, input_path: Path, output_path: Path, images_dir: Path,
+                 max_image_bytes: int, batch_size: int = 64) -> dict:
+    """Score every row of `input_path` with `model_uri`; write `output_path` (.parquet/.jsonl).
+    Image paths must name files inside `images_dir`."""
     import mlflow
 
     if output_path.suffix not in (".parquet", ".jsonl"):
         raise PredictError(f"{output_path}: expected a .parquet or .jsonl output file")
+    if not images_dir.is_dir():
+        raise PredictError(f"images folder {images_dir} is not a folder")
     rows = read_rows(input_path)
-    base = input_path.resolve().parent
-    rows["image"] = [_resolve_image(v, base) for v in rows["image"]]
     for index in rows.index[rows["error"].isna()]:
         rows.loc[index, "error"] = _row_problem(rows.at[index, "image"], rows.at[index, "text"])
 
@@ -109,7 +143,14 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path,
     with tqdm(total=len(rows), desc="predict", unit="row") as progress:
         progress.update(len(rows) - len(ready))
         for start in range(0, len(ready), batch_size):
-            chunk = ready.iloc[start:start + batch_size]
+            chunk = ready.iloc[start:start + batch_size].copy()
+            progress.update(len(chunk))
+            # Read per chunk: a million-row file never holds every image in memory at once.
+            chunk["image"] = _load_images(chunk, images_dir, max_image_bytes)
+            rows.loc[chunk.index, "error"] = chunk["error"]
+            chunk = chunk[chunk["error"].isna()]
+            if chunk.empty:
+                continue
             scored, errors = _score(model, chunk, batch_size)
             for index, message in errors.items():
                 rows.loc[index, "error"] = message
@@ -119,17 +160,16 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path,
                 else:
                     scored.index = chunk.index
                 results.append(scored)
-            progress.update(len(chunk))
 
     predictions = pd.concat(results) if results else pd.DataFrame()
     output = rows.join(predictions, how="left")
     output["image"] = output["image"].map(
-        lambda v: v if isinstance(v, str) and len(v) < 4096 else "<inline data>")
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+        lambda v: v if isinstance(v, str) and not _is_inline(v) else "<inline data>")
     if output_path.suffix == ".parquet":
-        output.to_parquet(output_path, index=False)
+        atomic.write_with(output_path, lambda tmp: output.to_parquet(tmp, index=False))
     else:
-        output.to_json(output_path, orient="records", lines=True, force_ascii=False)
+        atomic.write_with(output_path, lambda tmp: output.to_json(
+            tmp, orient="records", lines=True, force_ascii=False))
     bad = output[output["error"].notna()]
     summary = {"rows": len(output), "scored": int(len(output) - len(bad)), "bad": int(len(bad)),
                "output": str(output_path)}

@@ -1,71 +1,154 @@
 """The MLflow pyfunc model: a dataframe of (image, text) in, label + class probabilities out.
 
-Input columns: `image` — base64 of the image file's bytes, or a path readable by the serving
-process — and `text`. Output columns: `label` (class name), `label_index`, and one
-`prob_<class name>` column per class, in the task's class order.
+Input columns: `image` — the image file's bytes, or base64 of them; never a path (the serving
+process reads no file a client names; `mmguard predict` resolves paths on the caller's side) —
+and `text`. Output columns: `label` (class name), `label_index`, and one `prob_<class name>`
+column per class, in the task's class order.
+
+Every request is checked against caps before any image is decoded: rows per request, bytes of
+image and text data, text length, and per image its bytes and pixels (ingest's limits, checked
+the way ingest checks them, pipeline/images.py). A request that breaks one gets a 400 whose
+message is one line naming the row and the limit; nothing of the input, no traceback.
 
 Registered as "model from code" (pipeline/registry.py logs this file, with the pipeline package
 as code_paths), so nothing is unpickled at load time: the weights are safetensors, the config
-JSON, and this file is imported.
+JSON, and this file is imported. The model is put in eval mode once, at load, and never switched
+again, so the scoring server's threads can share it.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import os
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from PIL import Image
 
+from pipeline import images
+from pipeline.params import Params, parse_params
 from pipeline.prediction_checks import probability_column
 
 INPUT_COLUMNS = ("image", "text")
 DEFAULT_BATCH_SIZE = 64
-# A string this long cannot be a path on any filesystem we serve from; skip the stat call.
-MAX_PATH_CHARS = 4096
+MAX_BATCH_SIZE = 1024
 
 
 class BadInput(MlflowException):
-    """One input row cannot be scored; the message names the row and why. An MlflowException
-    with INVALID_PARAMETER_VALUE, so the scoring server answers 400 rather than 500."""
+    """The request cannot be scored; the message names the row and why. An MlflowException with
+    INVALID_PARAMETER_VALUE, so the scoring server answers 400 rather than 500."""
 
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, message: str, error_code: int = INVALID_PARAMETER_VALUE):
+        super().__init__(" ".join(message.split()), error_code=error_code)
+
+    # The scoring server rewrites the message of any MlflowException from predict() to
+    # "Failed to predict data '<the whole input frame>'. \nError: …" (megabytes, many lines);
+    # the first message set is kept, so a client reads the one line written here.
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
 
 
-def decode_image(value: object) -> Image.Image:
-    """An RGB image from a path, raw bytes, or base64 of the image file's bytes."""
+@dataclass(frozen=True)
+class ServingLimits:
+    max_rows: int
+    max_request_bytes: int
+    max_text_chars: int
+    max_image_bytes: int
+    max_image_pixels: int
+    min_image_side: int
+
+    @classmethod
+    def from_params(cls, params: Params) -> ServingLimits:
+        return cls(params.serving.max_rows, params.serving.max_request_bytes,
+                   params.ingest.max_text_chars, params.ingest.max_image_bytes,
+                   params.ingest.max_image_pixels, params.ingest.min_image_side)
+
+    def image_limits(self) -> images.ImageLimits:
+        return images.ImageLimits(self.max_image_pixels, self.min_image_side,
+                                  self.max_image_bytes)
+
+
+def model_config(params: Params) -> dict:
+    """What `mlflow.pyfunc.log_model(model_config=…)` should carry, so the served model
+    enforces this project's limits rather than the defaults."""
+    return {"limits": asdict(ServingLimits.from_params(params))}
+
+
+def limits_from_config(config: dict | None) -> ServingLimits:
+    given = (config or {}).get("limits")
+    return ServingLimits(**given) if given else ServingLimits.from_params(parse_params({}))
+
+
+def _cell_size(value: object) -> int:
+    return len(value) if isinstance(value, (str, bytes, bytearray)) else 0
+
+
+def check_request(frame: pd.DataFrame, limits: ServingLimits) -> None:
+    """Request-wide caps, before anything is decoded."""
+    missing = [c for c in INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise BadInput(f"input is missing the columns {missing}; expected {list(INPUT_COLUMNS)}")
+    if len(frame) > limits.max_rows:
+        raise BadInput(f"{len(frame)} rows, over serving.max_rows = {limits.max_rows}; "
+                       "split the request")
+    size = sum(_cell_size(v) for column in INPUT_COLUMNS for v in frame[column])
+    if size > limits.max_request_bytes:
+        raise BadInput(f"{size} bytes of image and text data, over serving.max_request_bytes "
+                       f"= {limits.max_request_bytes}; split the request")
+
+
+def image_bytes(value: object, max_bytes: int) -> bytes:
+    """The image file's bytes from raw bytes or base64; a path string is not base64."""
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     elif isinstance(value, str) and value:
-        if len(value) < MAX_PATH_CHARS and os.path.isfile(value):
-            data = Path(value).read_bytes()
-        else:
-            try:
-                data = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadInput("image is neither an existing file nor base64 data") from None
+        if len(value) > (max_bytes + 2) // 3 * 4:  # its base64 is longer than the cap allows
+            raise BadInput(f"image is over ingest.max_image_bytes = {max_bytes}")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput("image is not base64 of an image file (paths are not accepted: "
+                           "send the file's bytes)") from None
     else:
-        raise BadInput(f"image must be a base64 string or a path, got {type(value).__name__}")
+        raise BadInput(f"image must be base64 of the image file's bytes, got "
+                       f"{type(value).__name__}")
+    return data
+
+
+def decode_image(value: object, limits: ServingLimits) -> Image.Image:
+    """An RGB image, decoded and checked the way ingest checks images."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadInput(f"image cannot be decoded: {exc}") from None
+        return images.decode(image_bytes(value, limits.max_image_bytes),
+                             limits.image_limits()).image
+    except images.ImageRejected as exc:
+        raise BadInput(f"image rejected ({exc.reason}): {exc.detail}") from None
 
 
-def decode_text(value: object) -> str:
+def decode_text(value: object, max_chars: int) -> str:
     if not isinstance(value, str):
         raise BadInput(f"text must be a string, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise BadInput(f"text has {len(value)} characters, over ingest.max_text_chars = "
+                       f"{max_chars}")
     return value
+
+
+def batch_size_of(params: dict | None) -> int:
+    value = (params or {}).get("batch_size") or DEFAULT_BATCH_SIZE
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not 1 <= value <= MAX_BATCH_SIZE:
+        raise BadInput(f"batch_size must be an integer in 1..{MAX_BATCH_SIZE}")
+    return int(value)
 
 
 def output_frame(probs: np.ndarray, class_names: tuple[str, ...] | list[str]) -> pd.DataFrame:
@@ -86,24 +169,33 @@ class MMGuardPyfunc(PythonModel):
         from pipeline.model import load_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(context.artifacts["model_dir"], device=device)
-        self.class_names = tuple(self.model.class_names)
+        model = load_model(context.artifacts["model_dir"], device=device)
+        # Once, here: predict_proba leaves an eval-mode model's mode alone, so concurrent
+        # requests never see dropout switched on by another thread.
+        model.eval().requires_grad_(False)
+        self.model = model
+        self.class_names = tuple(model.class_names)
+        self.limits = limits_from_config(getattr(context, "model_config", None))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        missing = [c for c in INPUT_COLUMNS if c not in model_input.columns]
-        if missing:
-            raise BadInput(f"input is missing the columns {missing}; expected {INPUT_COLUMNS}")
-        images, texts = [], []
+        if not isinstance(model_input, pd.DataFrame):
+            raise BadInput(f"input must be a table with columns {list(INPUT_COLUMNS)}")
+        check_request(model_input, self.limits)
+        batch_size = batch_size_of(params)
+        images_in, texts = [], []
         for row, (image, text) in enumerate(zip(model_input["image"], model_input["text"])):
             try:
-                images.append(decode_image(image))
-                texts.append(decode_text(text))
+                texts.append(decode_text(text, self.limits.max_text_chars))
+                images_in.append(decode_image(image, self.limits))
             except BadInput as exc:
                 raise BadInput(f"row {row}: {exc.message}") from None
-        batch_size = int((params or {}).get("batch_size") or DEFAULT_BATCH_SIZE)
-        if not images:
+        if not images_in:
             return output_frame(np.zeros((0, len(self.class_names))), self.class_names)
-        probs = self.model.predict_proba(images, texts, batch_size=batch_size)
+        try:
+            probs = self.model.predict_proba(images_in, texts, batch_size=batch_size)
+        except Exception as exc:  # noqa: BLE001 - one line to the client, not a traceback
+            raise BadInput(f"the model failed on this request ({type(exc).__name__})",
+                           error_code=INTERNAL_ERROR) from None
         return output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
 
 

@@ -4,8 +4,13 @@ A mapping failure raises `UnknownLabel` with a reason that ingest writes to the 
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
+
+# ASCII digits only (str.isdigit also accepts "²" and other digits int() refuses), and few of
+# them: a label is a small index, and int() raises on more than 4,300 digits.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 TASKS = ("hateful_memes", "moderation7")
 
@@ -29,6 +34,7 @@ SOURCE_TASKS: dict[str, tuple[str, ...]] = {
     "mmhs150k": ("moderation7",),
     "fakeddit": ("moderation7",),
     "coco": ("moderation7",),
+    "incoming": ("hateful_memes", "moderation7"),  # batches carry labels of params.task
 }
 
 # Fakeddit's 6_way_label values, in Fakeddit's own order, are the first six moderation7 classes.
@@ -52,6 +58,12 @@ def class_names(task: str) -> tuple[str, ...]:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}") from None
 
 
+def _shown(raw: Any) -> str:
+    """A label for a quarantine detail: its repr, cut short (labels can be megabytes)."""
+    text = repr(raw)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} chars)"
+
+
 def _as_int(raw: Any) -> int:
     if isinstance(raw, bool):
         raise UnknownLabel(f"boolean label {raw!r}")
@@ -59,9 +71,9 @@ def _as_int(raw: Any) -> int:
         return raw
     if isinstance(raw, float) and raw.is_integer():
         return int(raw)
-    if isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+    if isinstance(raw, str) and _INTEGER.fullmatch(raw.strip()):
         return int(raw.strip())
-    raise UnknownLabel(f"label {raw!r} is not an integer")
+    raise UnknownLabel(f"label {_shown(raw)} is not an integer")
 
 
 def _by_name(task: str, raw: Any) -> int:
@@ -71,13 +83,13 @@ def _by_name(task: str, raw: Any) -> int:
     index = _as_int(raw)
     if 0 <= index < len(names):
         return index
-    raise UnknownLabel(f"label {raw!r} is not one of {list(names)}")
+    raise UnknownLabel(f"label {_shown(raw)} is not one of {list(names)}")
 
 
 def mmhs_majority(annotator_labels: Any) -> int:
     """MMHS150K: Hate when most of the three annotators chose a hate class, else True/Neutral."""
     if not isinstance(annotator_labels, (list, tuple)) or len(annotator_labels) != 3:
-        raise UnknownLabel(f"expected three annotator labels, got {annotator_labels!r}")
+        raise UnknownLabel(f"expected three annotator labels, got {_shown(annotator_labels)}")
     votes = [_as_int(v) for v in annotator_labels]
     if any(not 0 <= v < len(MMHS_LABELS) for v in votes):
         raise UnknownLabel(f"annotator label outside 0..5 in {votes}")
@@ -97,10 +109,10 @@ def map_label(source: str, raw_label: Any, task: str) -> tuple[int, str]:
     elif source == "fakeddit":
         index = _as_int(raw_label)
         if not 0 <= index < len(FAKEDDIT_6WAY):
-            raise UnknownLabel(f"6_way_label {raw_label!r} is outside 0..5")
+            raise UnknownLabel(f"6_way_label {_shown(raw_label)} is outside 0..5")
     elif source == "coco":
         index = 0  # captions describe their image: True/Neutral
-    else:  # synthetic and hateful_memes give an index or a class name of the task itself
+    else:  # synthetic, hateful_memes and incoming give an index or a class name of the task itself
         index = _by_name(task, raw_label)
     return index, class_names(task)[index]
 

@@ -1,47 +1,14 @@
-"""`mmguard run`: the main job on one machine — land the data if absent, `dvc repro`, register the
-model in MLflow, put it through the promotion gate, summarise.
+"""The run summary: what the stages of one retraining run wrote, in a few lines.
 
-DVC decides what re-runs; this module only prepares the workspace and reports what the stages
-wrote. Stages are invoked by DVC as `mmguard <stage>`, so the running interpreter's bin folder is
-put first on PATH.
+`mmguard run` (pipeline/orchestration/local_airflow.py) and the retrain DAG's summary task print
+it; DVC decides what re-runs, Airflow runs the stages, this module only reads their stats.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from pipeline.params import Params
 from pipeline.paths import Paths
-from pipeline.sources import get_source
-
-EMBEDDED_SOURCE = "synthetic"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for key, value in {"DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
-                       "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
-        env.setdefault(key, value)
-    return env
-
-
-def _dvc(*args: str, root: Path) -> None:
-    print(f"$ dvc {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=_env(), check=True)
-
-
-def ensure_data(params: Params, paths: Paths) -> None:
-    """Generate the embedded data when data/ is absent, then let DVC track it."""
-    source_dir = paths.source_dir(EMBEDDED_SOURCE)
-    if EMBEDDED_SOURCE in params.ingest.sources and not source_dir.exists():
-        print(f"data/ has no {EMBEDDED_SOURCE} source: generating it", flush=True)
-        get_source(EMBEDDED_SOURCE).fetch(source_dir, params)
-    # `dvc add` is cheap when nothing changed and records the hash when it did.
-    _dvc("add", "--quiet", "data", root=paths.root)
 
 
 def _read_json(path: Path) -> dict:
@@ -85,24 +52,3 @@ def summary(paths: Paths) -> str:
         lines.append(f"  drift             dataset_drift={drift.get('dataset_drift')} "
                      f"share={drift.get('drift_share')} {drift.get('drifted_columns')}")
     return "\n".join(lines)
-
-
-def register_and_promote(params: Params, paths: Paths) -> bool:
-    """Register the evaluated model as @challenger and run the gate; True when it became champion."""
-    from pipeline import registry
-
-    registry.register(params, paths)  # prints the version it registered
-    return registry.promote(params, paths).promoted
-
-
-def run_all(params: Params, root: Path = Path(".")) -> int:
-    paths = Paths(root)
-    ensure_data(params, paths)
-    _dvc("repro", root=root)
-    print(summary(paths), flush=True)
-    register_and_promote(params, paths)
-    # A model the gate refuses is a normal outcome of a run, not a failure of it.
-    print("\nruns and registry: mlflow ui --backend-store-uri sqlite:///mlflow.db", flush=True)
-    print("data docs: artifacts/validate/data_docs/index.html; drift: artifacts/drift/report.html",
-          flush=True)
-    return 0

@@ -1,6 +1,6 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
 
-Layout under `artifacts/train/checkpoints/`:
+Layout under `artifacts/scratch/checkpoints/` (outside DVC's outs, see stages/train.py):
   epoch-0003/  model.safetensors, optimizer.safetensors, rng.safetensors, state.json
   best-0002/   model.safetensors (the best epoch's weights so far)
 A directory is written under a `.tmp` name and renamed when complete, so a run killed while saving

@@ -68,8 +68,11 @@ class MMGuardModel(nn.Module):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # A model already in eval mode is left alone: serving sets eval once at load, and
+        # flipping the mode here would race with other threads predicting on the same model.
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         device = self.device
         chunks = []
         try:
@@ -80,7 +83,8 @@ class MMGuardModel(nn.Module):
                 output = self(batch_images.to(device), tokens.to(device))
                 chunks.append(output.logits.float().softmax(dim=-1).cpu().numpy())
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
         if not chunks:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline import taxonomy
+from pipeline import atomic, taxonomy
 from pipeline.model.classifier import MMGuardModel, build_from_model_params
 from pipeline.params import ModelParams
 
@@ -19,11 +19,12 @@ FORMAT_VERSION = 1
 
 
 def save_model(model: MMGuardModel, out_dir: str | Path) -> Path:
+    """Write weights and config into a fresh folder that then replaces `out_dir` whole, so
+    `out_dir` is a complete model or absent: a crash never leaves new weights beside an old
+    config (which `register` would accept)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share storage.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
         "format_version": FORMAT_VERSION,
         "task": model.task,
@@ -31,7 +32,9 @@ def save_model(model: MMGuardModel, out_dir: str | Path) -> Path:
         "open_clip_name": model.model_params.name,
         "model": model.model_params.model_dump(mode="json"),
     }
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    with atomic.directory(out_dir) as staging:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SOURCE_NAMES = ("synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco")
+SOURCE_NAMES = ("synthetic", "hateful_memes", "mmhs150k", "fakeddit", "coco", "incoming")
 
 
 def get_source(name: str) -> ModuleType:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.params import Params
-from pipeline.sources.base import RawRecord
+from pipeline.sources.base import RawRecord, loads_json
 from pipeline.sources.download import (FetchError, copy_tree, download_and_extract, landing,
                                        local_folder)
 
@@ -51,11 +51,13 @@ def read(root: Path, task: str) -> Iterator[RawRecord]:
 
 def _load(path: Path) -> dict:
     try:
-        content = json.loads(path.read_bytes().decode("utf-8"))
+        content = loads_json(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(content, dict) or not isinstance(content.get("images"), list) \
             or not isinstance(content.get("annotations"), list):
         raise ValueError(f"{path} must hold an object with `images` and `annotations` lists")
@@ -79,7 +81,8 @@ def _read_caption_file(root: Path, path: Path, task: str) -> Iterator[RawRecord]
         yield RawRecord(SOURCE, source_id, None, image_folder / image["file_name"],
                         caption, RAW_LABEL, task,
                         problem=None if caption is not None
-                        else "missing_caption: no caption annotation names this image")
+                        else "missing_caption: no caption annotation names this image",
+                        image_root=root)
     # Captions of images the file does not list cannot become a pair; say so, once per image.
     for image_id in sorted(first_caption.keys() - seen_images):
         yield RawRecord(SOURCE, image_id, None, None, first_caption[image_id], RAW_LABEL, task,

@@ -12,6 +12,7 @@ Network calls sit in `download_hf_snapshot` and `download_gdrive`; everything el
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.params import HatefulMemesSourceParams, Params
 from pipeline.sources.archives import safe_extract
-from pipeline.sources.base import RawRecord, canonical_split
+from pipeline.sources.base import RawRecord, canonical_split, safe_file_stem
 from pipeline.sources.download import (FetchError, copy_tree, landing, local_folder,
                                        scratch_dir)
 from pipeline.sources.jsonl_layout import read_layout, split_files
@@ -156,8 +157,13 @@ def _write_embedded_image(image: dict, item_id: object, dest: Path) -> str | Non
     if not data:
         return image.get("path")
     name = PurePosixPath(str(image.get("path") or "")).name
-    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-        name = f"{item_id}.png"
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES or not safe_file_stem(name):
+        # The export's own name is unusable; the id names the file only when it is a safe file
+        # name, else the content's hash does (`../x`, NUL or a lone surrogate never reach disk).
+        stem = str(item_id)
+        if not safe_file_stem(stem):
+            stem = hashlib.sha256(data).hexdigest()[:32]
+        name = f"{stem}.png"
     target = dest / "img" / name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)

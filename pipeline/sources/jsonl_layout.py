@@ -6,11 +6,10 @@ Every line becomes exactly one RawRecord; a line that cannot be parsed becomes a
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.sources.base import RawRecord, canonical_split
+from pipeline.sources.base import RawRecord, canonical_split, loads_json
 
 
 def split_files(root: Path) -> list[tuple[Path, str]]:
@@ -52,9 +51,12 @@ def _parse_line(raw_line: bytes, fallback_id: str, root: Path, source: str, task
     except UnicodeDecodeError as exc:
         return broken(f"invalid_utf8: line is not UTF-8 ({exc.reason} at byte {exc.start})")
     try:
-        item = json.loads(text_line)
-    except json.JSONDecodeError as exc:
-        return broken(f"malformed_json: {exc.msg} at column {exc.colno}")
+        item = loads_json(text_line)
+    except RecursionError:
+        return broken("malformed_json: nested too deeply")
+    except ValueError as exc:  # JSONDecodeError is one
+        where = f" at column {exc.colno}" if hasattr(exc, "colno") else ""
+        return broken(f"malformed_json: {getattr(exc, 'msg', exc)}{where}")
     if not isinstance(item, dict):
         return broken(f"malformed_json: expected an object, got {type(item).__name__}")
     if item.get("id") in (None, ""):
@@ -69,4 +71,5 @@ def _parse_line(raw_line: bytes, fallback_id: str, root: Path, source: str, task
         text=_decode_text(item.get("text")),
         raw_label=item.get("label"),
         task=task,
+        image_root=root,
     )

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.images import ImageRejected, read_confined
 from pipeline.params import Params
-from pipeline.sources.base import RawRecord
+from pipeline.sources.base import RawRecord, loads_json, safe_file_stem, unsafe_id_problem
 from pipeline.sources.download import (FetchError, copy_tree, download_and_extract,
                                        hoist_single_folder, landing, local_folder)
 
@@ -27,6 +28,7 @@ SPLIT_FILES = {"train_ids.txt": "train", "val_ids.txt": "val", "test_ids.txt": "
 # Every tweet text ends with its own t.co link to the image: unique per tweet, it carries no
 # meaning and would stop exact-text duplicate detection from ever matching.
 _TCO_LINK = re.compile(r"https?://t\.co/\S+")
+MAX_OCR_BYTES = 1 << 20  # an OCR file holds a few words; anything bigger is not one
 
 
 def fetch(dest: Path, params: Params) -> None:
@@ -51,6 +53,10 @@ def read(root: Path, task: str) -> Iterator[RawRecord]:
     annotated = set()
     for tweet_id, entry in entries:
         annotated.add(tweet_id)
+        if not safe_file_stem(tweet_id):  # the id names its image and OCR files
+            yield RawRecord(SOURCE, tweet_id, split_of.get(tweet_id), None, None, None, task,
+                            problem=unsafe_id_problem(tweet_id))
+            continue
         record = _record(root, tweet_id, entry, split_of.get(tweet_id), task,
                          ocr_dir / f"{tweet_id}.json" if tweet_id in ocr_files else None)
         if tweet_id in split_conflicts:
@@ -73,11 +79,13 @@ def _load_ground_truth(path: Path) -> list[tuple[str, object]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (fetch mmhs150k first)")
     try:
-        parsed = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_Pairs)
+        parsed = loads_json(path.read_bytes().decode("utf-8"), object_pairs_hook=_Pairs)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
     if not isinstance(parsed, _Pairs):
         raise ValueError(f"{path} must hold an object keyed by tweet id")
     return [(str(key), value) for key, value in parsed]
@@ -109,10 +117,11 @@ def _record(root: Path, tweet_id: str, entry: object, split: str | None, task: s
                                  f"{type(entry).__name__}")
     fields = dict(entry)
     record = RawRecord(SOURCE, tweet_id, split, root / "img_resized" / f"{tweet_id}.jpg",
-                       _tweet_text(fields.get("tweet_text")), fields.get("labels"), task)
+                       _tweet_text(fields.get("tweet_text")), fields.get("labels"), task,
+                       image_root=root)
     if ocr_path is None:
         return record
-    ocr_text, problem = _read_ocr(ocr_path)
+    ocr_text, problem = _read_ocr(ocr_path, root)
     if problem:
         return replace(record, problem=problem)
     if ocr_text and isinstance(record.text, str):
@@ -128,14 +137,20 @@ def _tweet_text(value: object) -> str | None:
     return _TCO_LINK.sub("", str(value)).strip()
 
 
-def _read_ocr(path: Path) -> tuple[str | None, str | None]:
-    """(OCR text, problem)."""
+def _read_ocr(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """(OCR text, problem). Read like an image: confined to the dataset, size-checked, so a
+    FIFO or a symlink to a huge file cannot hang or exhaust the reader."""
     try:
-        item = json.loads(path.read_bytes().decode("utf-8"))
+        item = loads_json(read_confined(path, root, MAX_OCR_BYTES, f"img_txt/{path.name}")
+                          .decode("utf-8"))
+    except ImageRejected as exc:
+        return None, f"{exc.reason}: OCR file {exc.detail}"
     except UnicodeDecodeError as exc:
         return None, f"invalid_utf8: {path.name} ({exc.reason} at byte {exc.start})"
     except json.JSONDecodeError as exc:
         return None, f"malformed_ocr_json: {path.name}: {exc.msg} at column {exc.colno}"
+    except (ValueError, RecursionError) as exc:
+        return None, f"malformed_ocr_json: {path.name}: {type(exc).__name__}"
     if not isinstance(item, dict):
         return None, f"malformed_ocr_json: {path.name} holds no object"
     text = item.get("img_text")

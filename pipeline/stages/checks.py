@@ -9,7 +9,7 @@ import json
 
 import pandas as pd
 
-from pipeline import prediction_checks
+from pipeline import atomic, prediction_checks
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import Paths
@@ -49,11 +49,11 @@ def run(params: Params, paths: Paths) -> dict:
         "checks": [r.to_dict() for r in results],
     }
     paths.checks_dir.mkdir(parents=True, exist_ok=True)
-    report_path(paths).write_text(json.dumps(report, indent=2))
+    atomic.write_text(report_path(paths), json.dumps(report, indent=2))
     stats = {"checks": len(results), "passed": report["passed"],
              "failed_errors": len(failed_errors), "failed_warnings": len(failed_warnings),
              "test_rows": len(test)}
-    paths.stats("checks").write_text(json.dumps(stats, indent=2))
+    atomic.write_text(paths.stats("checks"), json.dumps(stats, indent=2))
     if failed_errors:
         raise StageFailed(f"error-level prediction checks failed: {', '.join(failed_errors)} "
                           f"(see {report_path(paths)})")

@@ -10,7 +10,6 @@ dedupe.split_priority is kept (ties: smallest id), so a test item never leaks in
 """
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import phash, taxonomy
+from pipeline import atomic, phash, taxonomy
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import SPLITS, Paths
@@ -133,7 +132,8 @@ def _load_manifest(path: Path) -> pd.DataFrame:
 
 def _write(rows: list[dict], schema: pa.Schema, dest: Path) -> None:
     rows = sorted(rows, key=lambda row: row["id"])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), dest)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    atomic.write_with(dest, lambda tmp: pq.write_table(table, tmp))
 
 
 def run(params: Params, paths: Paths) -> dict:
@@ -145,7 +145,7 @@ def run(params: Params, paths: Paths) -> dict:
     clean = frame.loc[kept].sort_values("id").reset_index(drop=True)
 
     paths.dedupe_dir.mkdir(parents=True, exist_ok=True)
-    clean.to_parquet(paths.manifest, index=False)
+    atomic.write_with(paths.manifest, lambda tmp: clean.to_parquet(tmp, index=False))
     _write(duplicates, DUPLICATES_SCHEMA, paths.duplicates)
     _write(quarantined, QUARANTINE_SCHEMA, paths.dedupe_quarantine)
 
@@ -165,7 +165,7 @@ def run(params: Params, paths: Paths) -> dict:
     accounted = stats["kept"] + len(duplicates) + stats["quarantined"]
     if stats["rows_in"] != accounted:  # not `assert`: -O removes it
         raise StageFailed(f"dedupe lost rows: {stats['rows_in']} in, {accounted} accounted for")
-    paths.stats(STAGE).write_text(json.dumps(stats, indent=2) + "\n")
+    atomic.write_json(paths.stats(STAGE), stats)
     if stats["kept"] == 0:
         raise StageFailed("dedupe kept no rows")
     return stats

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipeline import plots
+from pipeline import atomic, plots
 from pipeline.errors import StageFailed
 from pipeline.model import load_model, metrics
 from pipeline.model.data import DataError, eval_loader, read_sizes
@@ -212,8 +212,9 @@ def run(params: Params, paths: Paths) -> dict:
               **result}
 
     paths.evaluate_dir.mkdir(parents=True, exist_ok=True)
-    predictions.to_parquet(paths.predictions, index=False)
-    (paths.evaluate_dir / "metrics.json").write_text(json.dumps(_json_safe(result), indent=2))
+    atomic.write_with(paths.predictions, lambda tmp: predictions.to_parquet(tmp, index=False))
+    atomic.write_text(paths.evaluate_dir / "metrics.json",
+                      json.dumps(_json_safe(result), indent=2))
     plots_dir = paths.evaluate_dir / "plots"
     plots.write_plots(predictions[predictions["split"] == "test"], names, plots_dir)
     mlflow_status = log_to_training_run(paths, _json_safe(result), plots_dir)
@@ -230,5 +231,5 @@ def run(params: Params, paths: Paths) -> dict:
              "decision_rule": rule, "threshold": threshold, "mlflow": mlflow_status}
     headline = ("auroc",) if threshold is not None else ("top1", "top2")
     stats["test"] = {k: result["test"].get(k) for k in headline}
-    paths.stats("evaluate").write_text(json.dumps(_json_safe(stats), indent=2))
+    atomic.write_text(paths.stats("evaluate"), json.dumps(_json_safe(stats), indent=2))
     return _json_safe(stats)

@@ -1,18 +1,22 @@
 """ingest: every raw record from data/ becomes a manifest row or a quarantine row with a reason.
 
 Per record (in a process pool, results kept in input order): parse problem → text → label →
-image. Then across records: repeated ids. Nothing is dropped silently; the stats assert
-rows_in == kept + quarantined.
+image. Then across records: repeated ids. Nothing is dropped silently: any exception while
+examining one record makes that record an `internal_error` quarantine row and the stage goes on,
+and the records pulled from the sources are counted as they are read, then checked against the
+rows actually written to the manifest and the quarantine.
 """
 from __future__ import annotations
 
 import hashlib
-import json
+import itertools
 import multiprocessing
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline import images, taxonomy, text
+from pipeline import atomic, images, taxonomy, text
 from pipeline.errors import StageFailed
 from pipeline.params import Params, SplitFractions
 from pipeline.paths import SPLITS, Paths
@@ -51,6 +55,7 @@ class _Settings:
     split_fractions: SplitFractions
     store_dir: Path
     root: Path
+    data_dir: Path  # images of records that name no folder of their own must lie in here
 
 
 @dataclass
@@ -70,9 +75,25 @@ class Outcome:
         self.row, self.reason, self.detail = None, reason, detail
 
     def quarantine_row(self) -> dict:
-        return {"id": self.id, "source": self.source, "source_id": self.source_id,
-                "split": self.split, "stage": STAGE, "reason": self.reason,
-                "detail": self.detail}
+        row = {"id": self.id, "source": self.source, "source_id": self.source_id,
+               "split": self.split, "stage": STAGE, "reason": self.reason, "detail": self.detail}
+        return {key: writable(value) for key, value in row.items()}
+
+
+def writable(value: object) -> str | None:
+    """A string Parquet can hold: lone surrogates (from JSON escapes such as "\\ud800") cannot
+    be written as UTF-8, so they are spelt out as escapes."""
+    if value is None:
+        return None
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def split_for_id(record_id: str, fractions: SplitFractions) -> str:
@@ -87,8 +108,25 @@ def split_for_id(record_id: str, fractions: SplitFractions) -> str:
 
 
 def examine(record: RawRecord, settings: _Settings) -> Outcome:
-    """Check and normalise one record; stores its image when everything else passed."""
+    """Check and normalise one record. Never raises: whatever goes wrong becomes its reason."""
+    try:
+        return _examine(record, settings)
+    except Exception as exc:  # noqa: BLE001 - one odd record must not stop the stage
+        outcome = Outcome(writable(f"{record.source}:{record.source_id}"), writable(record.source),
+                          writable(record.source_id), writable(record.split) or "unknown")
+        outcome.quarantine("internal_error", f"{type(exc).__name__} while examining this "
+                                             "record")
+        return outcome
+
+
+def _examine(record: RawRecord, settings: _Settings) -> Outcome:
     record_id = f"{record.source}:{record.source_id}"
+    if not _encodable(record_id):
+        outcome = Outcome(writable(record_id), record.source, writable(record.source_id),
+                          record.split or "unknown")
+        outcome.quarantine("invalid_id", "the id holds a lone surrogate, which no UTF-8 "
+                                         "file can store")
+        return outcome
     split = record.split or split_for_id(record_id, settings.split_fractions)
     outcome = Outcome(record_id, record.source, record.source_id, split)
     if record.problem:
@@ -98,8 +136,8 @@ def examine(record: RawRecord, settings: _Settings) -> Outcome:
     try:
         cleaned = text.clean(record.text, settings.max_text_chars)
         label, label_name = taxonomy.map_label(record.source, record.raw_label, settings.task)
-        stored = images.store(record.image_path, settings.store_dir, settings.root,
-                              settings.limits)
+        stored = images.store(record.image_path, record.image_root or settings.data_dir,
+                              settings.store_dir, settings.root, settings.limits)
     except (text.TextRejected, images.ImageRejected) as exc:
         outcome.quarantine(exc.reason, exc.detail)
         return outcome
@@ -118,17 +156,37 @@ def examine(record: RawRecord, settings: _Settings) -> Outcome:
     return outcome
 
 
+# Records handed to the pool at a time: bounds memory on million-row sources while keeping
+# every worker busy.
+_WINDOW = 4096
+
+
 def examine_all(records: Iterable[RawRecord], settings: _Settings, workers: int) -> list[Outcome]:
     """examine() over every record, in input order, with a progress bar."""
     check = partial(examine, settings=settings)
     progress = partial(tqdm, desc="ingest", unit="rec", mininterval=1.0)
     if workers <= 1:
         return list(progress(map(check, records)))
+    outcomes: list[Outcome] = []
     # fork: workers inherit the imported modules, so start-up costs milliseconds, not seconds.
     # The pool is made before tqdm starts its monitor thread: forking a threaded process is unsafe.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        results = pool.imap(check, records, chunksize=16)  # imap keeps input order
-        return list(progress(results))
+    # concurrent.futures rather than multiprocessing.Pool: when a worker dies (OOM killer, a
+    # signal) the Pool waits forever for its results; the executor raises BrokenProcessPool.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        pool.submit(int).result()  # forks every worker now, before tqdm's thread exists
+        iterator = iter(records)
+        with progress() as bar:
+            while window := list(itertools.islice(iterator, _WINDOW)):
+                try:
+                    outcomes.extend(pool.map(check, window, chunksize=16))  # keeps input order
+                except BrokenProcessPool:
+                    raise StageFailed(
+                        f"ingest: an image worker process died (killed by a signal or by the "
+                        f"out-of-memory killer?) after {len(outcomes)} records; nothing was "
+                        "written. Rerun with ingest.workers: 1 to find the record, or give the "
+                        "machine more memory.") from None
+                bar.update(len(window))
+    return outcomes
 
 
 def resolve_repeated_ids(outcomes: list[Outcome]) -> None:
@@ -154,9 +212,31 @@ def resolve_repeated_ids(outcomes: list[Outcome]) -> None:
 
 
 def _write_table(rows: list[dict], schema: pa.Schema, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda row: (row["id"], row.get("reason") or ""))
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), dest)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    atomic.write_with(dest, lambda tmp: pq.write_table(table, tmp))
+
+
+class _Counted:
+    """Counts the records as the sources yield them: the conservation check's input side, kept
+    apart from everything derived from the outcomes."""
+
+    def __init__(self, records: Iterable[RawRecord]):
+        self._records = records
+        self.count = 0
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        for record in self._records:
+            self.count += 1
+            yield record
+
+
+def _check_conservation(records_read: int, paths: Paths) -> None:
+    kept = pq.ParquetFile(paths.ingest_manifest).metadata.num_rows
+    quarantined = pq.ParquetFile(paths.ingest_quarantine).metadata.num_rows
+    if records_read != kept + quarantined:  # not `assert`: -O removes it
+        raise StageFailed(f"ingest lost rows: {records_read} records read, {kept} written to "
+                          f"the manifest and {quarantined} to the quarantine")
 
 
 def _stats(outcomes: list[Outcome], task: str) -> dict:
@@ -195,26 +275,26 @@ def ingest_records(records: Iterable[RawRecord], params: Params, paths: Paths,
     settings = _Settings(
         task=params.task,
         max_text_chars=params.ingest.max_text_chars,
-        limits=images.ImageLimits(params.ingest.max_image_pixels, params.ingest.min_image_side),
+        limits=images.ImageLimits(params.ingest.max_image_pixels, params.ingest.min_image_side,
+                                  params.ingest.max_image_bytes),
         split_fractions=params.ingest.splits,
         store_dir=paths.image_store,
         root=paths.root,
+        data_dir=paths.data,
     )
     if workers is None:
         workers = params.ingest.workers or default_workers()
-    outcomes = examine_all(records, settings, workers)
+    counted = _Counted(records)
+    outcomes = examine_all(counted, settings, workers)
     resolve_repeated_ids(outcomes)
 
     _write_table([o.row for o in outcomes if o.row is not None], MANIFEST_SCHEMA,
                  paths.ingest_manifest)
     _write_table([o.quarantine_row() for o in outcomes if o.row is None], QUARANTINE_SCHEMA,
                  paths.ingest_quarantine)
+    _check_conservation(counted.count, paths)
     stats = _stats(outcomes, params.task)
-    if stats["rows_in"] != stats["kept"] + stats["quarantined"]:  # not `assert`: -O removes it
-        raise StageFailed(f"ingest lost rows: {stats['rows_in']} in, {stats['kept']} kept, "
-                          f"{stats['quarantined']} quarantined")
-    stats_path = paths.stats(STAGE)
-    stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+    atomic.write_json(paths.stats(STAGE), stats)
     if stats["rows_in"] == 0:
         raise StageFailed("ingest read no records: the sources in ingest.sources are empty")
     if stats["kept"] == 0:
@@ -250,6 +330,8 @@ def _chained(modules: dict, task: str, paths: Paths) -> Iterator[RawRecord]:
         except FileNotFoundError as exc:
             raise StageFailed(f"source {source}: {exc} (run `mmguard fetch --source {source}`)") \
                 from None
+        except ValueError as exc:  # a whole annotation file unreadable: no row can be read
+            raise StageFailed(f"source {source}: {exc}") from None
 
 
 def run(params: Params, paths: Paths) -> dict:

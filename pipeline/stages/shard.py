@@ -14,7 +14,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import taxonomy
+from pipeline import atomic, taxonomy
 from pipeline.errors import StageFailed
 from pipeline.params import Params
 from pipeline.paths import SPLITS, Paths
@@ -111,27 +110,28 @@ def plan_groups(manifest: pd.DataFrame, params: Params) -> list[ShardGroup]:
 def run(params: Params, paths: Paths) -> dict:
     manifest = _read_manifest(paths.manifest, params.task)
     _check_images_present(manifest, paths.root)
-    shutil.rmtree(paths.shards, ignore_errors=True)  # stale shards must not survive a re-run
-    paths.shards.mkdir(parents=True)
 
     groups = plan_groups(manifest, params)
     workers = params.shard.workers or _available_cores()
     started = time.perf_counter()
     written: dict[str, list[str]] = {}
     encoded = _encoded_images(groups, paths.root, params, workers)
-    try:
-        with tqdm(total=len(manifest), desc="shard", unit="img") as progress:
-            for group in groups:
-                written[group.folder] = _write_group(group, encoded, paths.shards, progress)
-    finally:
-        encoded.close()  # stops the pool now, also when a group failed
-    seconds = time.perf_counter() - started
+    # The shards folder is built beside the old one and swapped in whole: a killed run leaves
+    # the previous shards intact, and no stale shard survives a re-run.
+    with atomic.directory(paths.shards) as staging:
+        try:
+            with tqdm(total=len(manifest), desc="shard", unit="img") as progress:
+                for group in groups:
+                    written[group.folder] = _write_group(group, encoded, staging, progress)
+        finally:
+            encoded.close()  # stops the pool now, also when a group failed
+        seconds = time.perf_counter() - started
 
-    sizes = _sizes(params.task, groups, written)
-    total_written = sum(sizes["splits"][s]["samples"] for s in SPLITS)
-    if total_written != len(manifest):  # conservation: every row is exactly one sample
-        raise StageFailed(f"wrote {total_written} samples for {len(manifest)} manifest rows")
-    paths.shard_sizes.write_text(json.dumps(sizes, indent=2))
+        sizes = _sizes(params.task, groups, written)
+        total_written = sum(sizes["splits"][s]["samples"] for s in SPLITS)
+        if total_written != len(manifest):  # conservation: every row is exactly one sample
+            raise StageFailed(f"wrote {total_written} samples for {len(manifest)} manifest rows")
+        (staging / paths.shard_sizes.name).write_text(json.dumps(sizes, indent=2))
     stats = {
         "rows": len(manifest),
         "samples": total_written,
@@ -141,8 +141,7 @@ def run(params: Params, paths: Paths) -> dict:
         "seconds": round(seconds, 3),
         "images_per_second": round(len(manifest) / seconds, 1) if seconds > 0 else None,
     }
-    paths.stats("shard").parent.mkdir(parents=True, exist_ok=True)
-    paths.stats("shard").write_text(json.dumps(stats, indent=2))
+    atomic.write_text(paths.stats("shard"), json.dumps(stats, indent=2))
     return stats
 
 

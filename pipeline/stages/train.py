@@ -5,7 +5,7 @@ model name or a missing weights file fails here), and only then is any sample re
 Under torchrun every rank runs this; rank 0 alone logs to MLflow and writes files.
 
 Writes: artifacts/model/ (save_model), artifacts/train/{metrics.json, history.csv,
-mlflow_run.json, stats.json, checkpoints/}.
+mlflow_run.json, stats.json}, and checkpoints in artifacts/scratch/checkpoints/.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
-from pipeline import tracking
+from pipeline import atomic, tracking
 from pipeline.errors import StageFailed
 from pipeline.model import build_model, count_parameters, save_model, total_loss
 from pipeline.model import data, training
@@ -34,7 +34,10 @@ STAGE = "train"
 
 
 def checkpoint_dir(paths: Paths) -> Path:
-    return paths.train_dir / "checkpoints"
+    """Scratch space outside every DVC out (and git- and dvc-ignored): `dvc repro` never deletes
+    it, so a killed or retried train task resumes after its last finished epoch, and the train
+    stage needs no `persist` out, which would switch DVC's run-cache off."""
+    return paths.artifacts / "scratch" / "checkpoints"
 
 
 def params_hash(params: Params, sizes: dict) -> str:
@@ -194,7 +197,7 @@ def _write_outputs(params, paths, model, result, counts, device, dist, steps, ru
         "skipped_val": sum(r["skipped_val"] for r in result.history),
         "samples_val": last["samples_val"],
     }
-    (paths.train_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic.write_json(paths.train_dir / "metrics.json", metrics)
     write_history(result.history, paths.train_dir / "history.csv")
     tracking.write_run_info(run_info, paths.train_dir / "mlflow_run.json")
     mlflow.log_metrics({f"best_{k}": v for k, v in metrics["best"].items() if v is not None})
@@ -204,5 +207,5 @@ def _write_outputs(params, paths, model, result, counts, device, dist, steps, ru
              "world_size": dist.world_size, "steps_per_epoch": steps,
              "parameters": counts, "resumed_from_epoch": result.resumed_from,
              "global_steps": result.global_step, **metrics, "mlflow": run_info}
-    paths.stats(STAGE).write_text(json.dumps(stats, indent=2) + "\n")
+    atomic.write_json(paths.stats(STAGE), stats)
     return stats

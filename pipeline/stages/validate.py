@@ -23,6 +23,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
+from pipeline import atomic
 from pipeline.errors import StageFailed
 from pipeline.expectations import LEVELS, add_derived_columns, build_expectations
 from pipeline.params import Params
@@ -47,7 +48,7 @@ def run(params: Params, paths: Paths) -> dict:
 
     failed_errors = [r for r in results if not r["success"] and r["level"] == "error"]
     failed_warnings = [r for r in results if not r["success"] and r["level"] == "warning"]
-    (out_dir / "results.json").write_text(json.dumps(
+    atomic.write_text(out_dir / "results.json", json.dumps(
         {"task": params.task, "rows": len(manifest), "success": not failed_errors,
          "expectations": results}, indent=2, default=str))
     summary = {
@@ -60,7 +61,7 @@ def run(params: Params, paths: Paths) -> dict:
         if "split" in manifest.columns else {},
         "data_docs": (docs_dir / "index.html").relative_to(paths.artifacts).as_posix(),
     }
-    paths.stats("validate").write_text(json.dumps(summary, indent=2))
+    atomic.write_text(paths.stats("validate"), json.dumps(summary, indent=2))
     if failed_errors:
         lines = [f"  {r['name']} ({_describe_column(r)}): {_describe_failure(r)}"
                  for r in failed_errors]

@@ -125,7 +125,7 @@ def test_pixel_limit_applies_to_real_images_too(tmp_path):
 def test_bomb_header_is_rejected_without_decoding():
     from pipeline import images
     with pytest.raises(images.ImageRejected) as caught:
-        images.decode(fx.huge_header_png(50_000, 50_000), images.ImageLimits(40_000_000, 16))
+        images.decode(fx.huge_header_png(50_000, 50_000), images.ImageLimits(40_000_000, 16, 2**20))
     assert caught.value.reason == "decompression_bomb"
     # Pillow's global limit is restored after the check
     assert Image.MAX_IMAGE_PIXELS == int(1024 * 1024 * 1024 // 4 // 3)
@@ -201,7 +201,8 @@ def test_text_bytes_from_a_source_are_decoded_or_rejected(tmp_path):
     image_path.write_bytes(fx.png_bytes(1))
 
     def record(source_id, text):
-        return RawRecord("synthetic", source_id, "train", image_path, text, 0, TASK)
+        return RawRecord("synthetic", source_id, "train", image_path, text, 0, TASK,
+                         image_root=tmp_path)
 
     records = [record("utf8", "naïve".encode()), record("cp1252", "naïve".encode("cp1252"))]
     stats = ingest.ingest_records(records, make_params(), Paths(tmp_path), workers=1)
@@ -254,7 +255,8 @@ def test_repeated_ids(tmp_path):
 def test_records_without_split_are_split_by_a_stable_hash(tmp_path):
     image_path = tmp_path / "one.png"
     image_path.write_bytes(fx.png_bytes(1))
-    records = [RawRecord("synthetic", str(i), None, image_path, f"text {i}", 0, TASK)
+    records = [RawRecord("synthetic", str(i), None, image_path, f"text {i}", 0, TASK,
+                         image_root=tmp_path)
                for i in range(600)]
     params = make_params()
     stats = ingest.ingest_records(records, params, Paths(tmp_path), workers=1)

@@ -87,7 +87,7 @@ def test_outputs_metrics_history_and_a_loadable_model(unbroken):
     probs = model.predict_proba([Image.new("RGB", (40, 40), (220, 30, 30))], ["a calm post"])
     assert probs.shape == (1, 2) and abs(float(probs.sum()) - 1) < 1e-5
     # the saved model is the best epoch's checkpoint
-    best = load_file(str(paths.train_dir / "checkpoints" / f"best-{metrics['best_epoch']:04d}"
+    best = load_file(str(train_stage.checkpoint_dir(paths) / f"best-{metrics['best_epoch']:04d}"
                          / "model.safetensors"))
     saved = _weights(paths)
     assert all(torch.equal(saved[k], best[k]) for k in saved)

@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def project_params(root: Path, task: str = "hateful_memes", tracking_uri: str | 
                    **gate) -> Params:
     return parse_params({
         "task": task,
-        "registry": {"tracking_uri": tracking_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "registry": {"tracking_uri": tracking_uri or migrated_store(root / "mlflow.db"),
                      "gate": {"min_auroc": 0.0, "min_top1": 0.0, "min_top2": 0.0, **gate}}})
 
 
@@ -145,3 +146,36 @@ def tracking_server(root: Path, port: int) -> subprocess.Popen:
                "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"]
     return start_server(command, f"http://127.0.0.1:{port}/health", root / "server.log",
                         quiet_env())
+
+
+def named_params(root: Path, model: str, tracking_uri: str | None = None) -> Params:
+    """Params whose registered model is `model`: tests sharing one store stay apart."""
+    return parse_params({"registry": {
+        "tracking_uri": tracking_uri or migrated_store(root / "mlflow.db"), "model_name": model}})
+
+
+def bare_versions(client, name: str, count: int) -> list[str]:
+    """Registered versions with no model behind them: enough for alias moves, which never load
+    the model (the gate that would is given its decision directly)."""
+    client.create_registered_model(name)
+    return [str(client.create_model_version(name, f"file:///nonexistent/{name}/{i}").version)
+            for i in range(count)]
+
+
+_TEMPLATE_STORE: list[Path] = []
+
+
+def migrated_store(path: Path) -> str:
+    """The sqlite URI of a store at `path`, copied from one migrated once per test process:
+    MLflow runs its schema migrations for every new file, which takes seconds."""
+    if not path.exists():
+        if not _TEMPLATE_STORE:
+            from mlflow import MlflowClient
+
+            template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+            uri = f"sqlite:///{template}"
+            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+            _TEMPLATE_STORE.append(template)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_TEMPLATE_STORE[0], path)
+    return f"sqlite:///{path}"

@@ -1,5 +1,7 @@
-"""The main job end to end: `mmguard run` (fetch, dvc add, every DVC stage, register, promote)
-on a small embedded config in a throwaway copy of the project, with real DVC and MLflow."""
+"""The laptop path end to end, as the README spells it: `mmguard fetch`, `dvc add data`, `dvc repro`
+(every DVC stage), `mmguard register`, `mmguard promote`, on a small embedded config in a throwaway
+copy of the project, with real DVC and MLflow. (`mmguard run` drives the same stages through
+Airflow; tests/dags/test_retrain_loop.py runs it.)"""
 import json
 
 import pandas as pd
@@ -21,8 +23,10 @@ def _ran(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("project"), SMALL)
-    first = run(["mmguard", "run"], root)
-    return root, first.stdout
+    output = "".join(run(command, root).stdout for command in (
+        ["mmguard", "fetch", "--source", "synthetic"], ["dvc", "add", "data"], ["dvc", "repro"],
+        ["mmguard", "register"], ["mmguard", "promote"]))
+    return root, output
 
 
 def _json(root, relative):
@@ -50,7 +54,6 @@ def test_main_job_runs_every_stage_and_conserves_rows(project):
     assert "dataset_drift" in _json(root, "artifacts/drift/drift.json")
     assert (root / "artifacts/validate/data_docs/index.html").exists()
     assert (root / "artifacts/drift/report.html").exists()
-    assert "mmguard summary" in output
 
 
 def test_the_first_model_is_registered_and_becomes_champion(project):

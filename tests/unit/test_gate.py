@@ -6,7 +6,7 @@ import math
 import pytest
 
 from pipeline.params import GateParams
-from pipeline.registry import decide, gate_metrics
+from pipeline.registry import KEEP, PROMOTE, GateDecision, decide, gate_metrics
 
 GATE = GateParams(min_auroc=0.6, min_top1=0.5, min_top2=0.7, regression_tolerance=0.01)
 
@@ -69,3 +69,32 @@ def test_every_criterion_is_reported():
                         {"top1": 0.6, "top2": 0.8})
     # checks + two floors + two regressions
     assert len(reasons) == 5
+
+
+def test_equal_scores_follow_the_documented_rule():
+    """A tie with the champion goes to the challenger (also with no tolerance at all); a tie
+    with the AUROC floor fails (strictly above); a tie with the top-k floors passes."""
+    strict = GateParams(min_auroc=0.6, min_top1=0.5, min_top2=0.7, regression_tolerance=0.0)
+    promoted, reasons = decide("hateful_memes", strict, True, {"auroc": 0.8}, {"auroc": 0.8})
+    assert promoted and "a tie goes to the challenger" in reasons[-1]
+    # float noise is a tie, a real difference is not
+    assert decide("hateful_memes", strict, True, {"auroc": 0.1 + 0.7}, {"auroc": 0.8})[0]
+    assert not decide("hateful_memes", strict, True, {"auroc": 0.7999}, {"auroc": 0.8})[0]
+    # exactly at the tolerance boundary passes; the AUROC floor itself does not
+    assert decide("hateful_memes", GATE, True, {"auroc": 0.79}, {"auroc": 0.80})[0]
+    assert not decide("hateful_memes", GATE, True, {"auroc": 0.6}, None)[0]
+    assert decide("moderation7", GATE, True, {"top1": 0.5, "top2": 0.7}, None)[0]
+    champion = {"top1": 0.6, "top2": 0.8}
+    assert decide("moderation7", strict, True, dict(champion), champion)[0]
+
+
+def test_a_decision_round_trips_through_its_file_form():
+    decision = GateDecision(PROMOTE, "m", "3", "2", ["PASS: x"], {"auroc": 0.9}, {"auroc": 0.8})
+    assert GateDecision.from_dict(decision.to_dict()) == decision
+    first = GateDecision(KEEP, "m", "1", None, ["FAIL: y"])
+    assert GateDecision.from_dict(first.to_dict()) == first and not first.promoted
+    with pytest.raises(ValueError, match="not a gate decision"):
+        GateDecision.from_dict({"decision": "maybe", "name": "m", "challenger": "1",
+                                "champion_seen": None, "reasons": []})
+    with pytest.raises(ValueError, match="missing"):
+        GateDecision.from_dict({"decision": "promote"})

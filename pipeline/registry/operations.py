@@ -1,0 +1,317 @@
+"""register, gate, apply a decision (promote), roll back, check out: the registry's operations.
+
+Every operation that moves an alias does so inside the registry lock (store.registry_lock), after
+re-reading the aliases it depends on, so concurrent operations serialise:
+- `register` is idempotent on the model's content hash: a model already registered gets its
+  existing version back (and @challenger), never a second identical version.
+- `gate` scores the challenger and the champion and records its decision; it moves nothing.
+- `apply_decision` is compare-and-set: it moves @champion only while @champion is still the
+  version the gate scored against (`champion_seen`).
+- `rollback` marks the version it demotes (`rolled_back_to`) and takes @challenger off it, so the
+  gate refuses it until someone asks for it explicitly (`allow_rolled_back`).
+"""
+from __future__ import annotations
+
+import base64
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.params import Params
+from pipeline.paths import Paths
+from pipeline.registry import lineage, packaging
+from pipeline.registry.gate import KEEP, PROMOTE, GateDecision, decide, fmt
+from pipeline.registry.store import (
+    CHALLENGER, CHAMPION, MAX_TAG_CHARS, PREVIOUS, RegistryError, alias_number, alias_version,
+    client_for, ensure_model, model_name, registry_errors, registry_lock, set_alias_verified,
+    using_store, version_or_none,
+)
+from pipeline.taxonomy import class_names
+
+ROLLED_BACK_TAG = "rolled_back_to"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- register
+
+def _version_with_content(client, name: str, content: str):
+    """The newest version of `name` whose model has this content hash, or None."""
+    found = client.search_model_versions(
+        f"name = '{name}' and tags.`{lineage.CONTENT_TAG}` = '{content}'")
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def _training_run_id(client, paths: Paths) -> str | None:
+    """The training run from artifacts/train/mlflow_run.json, when it lives in this store."""
+    info = lineage._read_json(paths.train_dir / "mlflow_run.json")
+    run_id = info.get("run_id")
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)
+        return run_id
+    except Exception:  # recorded in another tracking store: start a fresh run here instead
+        return None
+
+
+def _keep_challenger(client, name: str, version: str, created: bool) -> dict:
+    with registry_lock(client, name):
+        set_alias_verified(client, name, CHALLENGER, version)
+    return {"version": version, "created": created}
+
+
+def register(params: Params, paths: Paths, params_file: Path | None = None) -> dict:
+    """Register artifacts/model as a version of the model, alias @challenger, with lineage tags,
+    and log dvc.lock, data.dvc and params.yaml on its MLflow run. Idempotent: a model whose
+    content hash is registered already returns that version. {"version": "N", "created": bool}"""
+    import mlflow
+
+    if not (paths.model_dir / "config.json").exists():
+        raise RegistryError(f"no trained model in {paths.model_dir}: run `mmguard train` first")
+    client, uri = client_for(params, paths.root)
+    name = model_name(params)
+    tags = lineage.lineage_tags(params, paths, params_file)
+    content = tags[lineage.CONTENT_TAG]
+    with using_store(uri), registry_errors(uri):
+        ensure_model(client, name)
+        existing = _version_with_content(client, name, content)
+        if existing is not None:  # same model again, or a retried register task
+            result = _keep_challenger(client, name, str(existing.version), created=False)
+        else:
+            run_id = _training_run_id(client, paths)
+            if run_id is None:
+                tracking.set_up(params, paths.root)
+            with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register") as run:
+                info = packaging.log_pyfunc(paths.model_dir, params.task)
+                tags[lineage.REPRO_PATH_TAG] = lineage.log_repro_files(paths, content,
+                                                                       params_file)
+                tags["mlflow.source_run_id"] = run.info.run_id
+            with registry_lock(client, name):
+                # a concurrent register of the same model may have won while we logged it
+                existing = _version_with_content(client, name, content)
+                if existing is None:
+                    version = mlflow.register_model(info.model_uri, name, tags=tags)
+                    existing, created = version, True
+                else:
+                    created = False
+                set_alias_verified(client, name, CHALLENGER, str(existing.version))
+            result = {"version": str(existing.version), "created": created}
+    # stderr: the CLI's stdout carries only the JSON result, for the DAG to parse
+    print(f"{'registered' if result['created'] else 'already registered:'} {name} version "
+          f"{result['version']} as @{CHALLENGER} (checks.passed={tags['checks.passed']})",
+          file=sys.stderr)
+    return result
+
+
+# ---------------------------------------------------------------- gate
+
+def test_set_frame(paths: Paths) -> pd.DataFrame:
+    """The current test shards as a pyfunc input frame: base64 image bytes, text, label."""
+    from pipeline.model.data import read_tar, split_shards
+
+    rows, errors = [], []
+    for shard in split_shards(paths.shards, "test"):
+        for raw in read_tar(shard, errors):
+            if "jpg" not in raw or "cls" not in raw:
+                errors.append((raw.get("__key__", "?"), "missing jpg or cls"))
+                continue
+            rows.append({"image": base64.b64encode(raw["jpg"]).decode("ascii"),
+                         "text": raw.get("txt", b"").decode("utf-8", errors="replace"),
+                         "label": int(raw["cls"].decode("ascii").strip())})
+    if errors:
+        raise RegistryError(f"unreadable test samples, cannot score fairly: {errors[:5]}")
+    if not rows:
+        raise RegistryError(f"no test samples under {paths.shards / 'test'}")
+    return pd.DataFrame(rows)
+
+
+def score_version(name: str, version: str, test: pd.DataFrame, task: str) -> dict:
+    """The gate metrics of one registered version on the given test frame."""
+    import mlflow
+
+    from pipeline.model import metrics
+    from pipeline.prediction_checks import probability_column
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    output = model.predict(test[["image", "text"]])
+    probs = output[[probability_column(n) for n in class_names(task)]].to_numpy(dtype=float)
+    labels = test["label"].to_numpy(dtype=int)
+    if len(class_names(task)) == 2:
+        return {"auroc": metrics.auroc(labels, probs[:, 1])}
+    return {"top1": metrics.top_k_accuracy(labels, probs, 1),
+            "top2": metrics.top_k_accuracy(labels, probs, 2)}
+
+
+def _rolled_back_reason(version) -> str | None:
+    target = version.tags.get(ROLLED_BACK_TAG)
+    if target is None:
+        return None
+    return (f"FAIL: version {version.version} was rolled back (to version {target}); "
+            "it is promoted again only when asked explicitly (--allow-rolled-back)")
+
+
+def _record_decision(client, decision: GateDecision) -> None:
+    tags = {"gate.decision": decision.decision,
+            "gate.reasons": " | ".join(decision.reasons)[:MAX_TAG_CHARS],
+            "gate.champion_version": decision.champion_seen or "none",
+            "gate.evaluated_at": _now()}
+    tags |= {f"gate.challenger.{k}": fmt(v) for k, v in decision.challenger_metrics.items()}
+    tags |= {f"gate.champion.{k}": fmt(v) for k, v in decision.champion_metrics.items()}
+    for key, value in tags.items():
+        client.set_model_version_tag(decision.name, decision.challenger, key, value)
+
+
+def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateDecision:
+    """Score @challenger against @champion on the current test set and decide; moves nothing.
+    The decision and its reasons become tags of the challenger version (except when the
+    challenger already is champion: its record of the gate that promoted it stays)."""
+    client, uri = client_for(params, paths.root)
+    name = model_name(params)
+    with using_store(uri), registry_errors(uri):
+        challenger = alias_version(client, name, CHALLENGER)
+        if challenger is None:
+            raise RegistryError(f"{name} has no @{CHALLENGER}: run `mmguard register` first")
+        champion = alias_version(client, name, CHAMPION)
+        seen = str(champion.version) if champion is not None else None
+        version = str(challenger.version)
+        refusal = None if allow_rolled_back else _rolled_back_reason(challenger)
+        if seen == version:
+            decision = GateDecision(KEEP, name, version, seen,
+                                    [f"PASS: version {version} is already champion, "
+                                     "nothing to move"])
+        elif refusal:
+            decision = GateDecision(KEEP, name, version, seen, [refusal])
+            _record_decision(client, decision)
+        else:
+            test = test_set_frame(paths)
+            challenger_scores = score_version(name, version, test, params.task)
+            champion_scores = (score_version(name, seen, test, params.task)
+                               if seen is not None else None)
+            promoted, reasons = decide(params.task, params.registry.gate,
+                                       challenger.tags.get("checks.passed") == "true",
+                                       challenger_scores, champion_scores)
+            decision = GateDecision(PROMOTE if promoted else KEEP, name, version, seen, reasons,
+                                    challenger_scores, champion_scores or {})
+            _record_decision(client, decision)
+    print_decision(decision)
+    return decision
+
+
+def print_decision(decision: GateDecision) -> None:
+    verdict = ("passes the gate: promote" if decision.promoted
+               else "does not replace the champion: keep")
+    print(f"{decision.name} version {decision.challenger} {verdict} "
+          f"(champion seen: {decision.champion_seen or 'none'})")
+    for reason in decision.reasons:
+        print(f"  {reason}")
+
+
+# ---------------------------------------------------------------- promote
+
+def apply_decision(params: Params, paths: Paths, decision: GateDecision,
+                   allow_rolled_back: bool = False) -> dict:
+    """Apply a gate decision with compare-and-set: @champion moves to the challenger only while
+    it still is `champion_seen`; otherwise RegistryError and nothing moves. KEEP moves nothing."""
+    client, uri = client_for(params, paths.root)
+    name = model_name(params)
+    if decision.name != name:
+        raise RegistryError(f"the decision is about {decision.name}, these params name {name}")
+    result = {"model": name, "decision": decision.decision, "moved": False,
+              "champion": decision.champion_seen}
+    if not decision.promoted:
+        print(f"{name}: gate said keep; @champion stays at {decision.champion_seen or 'none'}")
+        return result
+    target = decision.challenger
+    with registry_errors(uri), registry_lock(client, name):
+        current = alias_number(client, name, CHAMPION)
+        if current != decision.champion_seen:
+            raise RegistryError(
+                f"refused: @champion of {name} is {current or 'none'} now, the gate scored "
+                f"version {target} against {decision.champion_seen or 'none'}; nothing moved "
+                "(run the gate again)")
+        challenger = version_or_none(client, name, target)
+        if challenger is None:
+            raise RegistryError(f"refused: {name} has no version {target}; nothing moved")
+        refusal = _rolled_back_reason(challenger)
+        if refusal and not allow_rolled_back:
+            raise RegistryError(f"refused: {refusal[len('FAIL: '):]}; nothing moved")
+        if refusal:
+            client.delete_model_version_tag(name, target, ROLLED_BACK_TAG)
+        if current is not None:
+            client.set_model_version_tag(name, target, "promotion.previous_champion", current)
+            set_alias_verified(client, name, PREVIOUS, current)
+        client.set_model_version_tag(name, target, "promotion.promoted_at", _now())
+        set_alias_verified(client, name, CHAMPION, target)
+    print(f"{name} version {target}: PROMOTED to @{CHAMPION} (was {current or 'none'})")
+    return result | {"moved": True, "champion": target, "replaced": current}
+
+
+def promote(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateDecision:
+    """Gate, then apply the decision (compare-and-set against the champion the gate saw)."""
+    decision = gate(params, paths, allow_rolled_back)
+    apply_decision(params, paths, decision, allow_rolled_back)
+    return decision
+
+
+# ---------------------------------------------------------------- rollback
+
+def rollback(params: Params, paths: Paths) -> dict:
+    """Point @champion back at @previous_champion; walk the chain one step further back. The
+    demoted version is tagged `rolled_back_to` and loses @challenger."""
+    client, uri = client_for(params, paths.root)
+    name = model_name(params)
+    with registry_errors(uri), registry_lock(client, name):
+        previous = alias_version(client, name, PREVIOUS)
+        if previous is None:
+            raise RegistryError(f"{name} has no @{PREVIOUS}: nothing to roll back to")
+        current = alias_number(client, name, CHAMPION)
+        set_alias_verified(client, name, CHAMPION, str(previous.version))
+        if current is not None:
+            client.set_model_version_tag(name, current, ROLLED_BACK_TAG, str(previous.version))
+            client.set_model_version_tag(name, current, "rolled_back_at", _now())
+            if alias_number(client, name, CHALLENGER) == current:
+                client.delete_registered_model_alias(name, CHALLENGER)
+        older = previous.tags.get("promotion.previous_champion")
+        if older:
+            set_alias_verified(client, name, PREVIOUS, older)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+    result = {"model": name, "champion": str(previous.version), "replaced": current,
+              "previous_champion": older}
+    print(f"{name}: @champion rolled back from version {current} to {result['champion']}; "
+          f"version {current} is marked {ROLLED_BACK_TAG}")
+    return result
+
+
+# ---------------------------------------------------------------- checkout
+
+def checkout(params: Params, paths: Paths, version: str) -> dict:
+    """Restore a registered version's dvc.lock, data.dvc and params.yaml into the workspace and
+    let DVC restore its data, stage outputs and model (`dvc pull` with a default remote, else
+    `dvc checkout`). Writes files only; never runs git."""
+    client, uri = client_for(params, paths.root)
+    name = model_name(params)
+    with registry_errors(uri):
+        found = version_or_none(client, name, str(version))
+        if found is None:
+            raise RegistryError(f"{name} has no version {version}")
+        restored = lineage.restore_files(client, uri, found, paths.root)
+    command = lineage.dvc_restore(paths.root)
+    expected = found.tags.get(lineage.CONTENT_TAG)
+    model = "absent"
+    if (paths.model_dir / "config.json").exists():
+        model = "matches" if lineage.content_hash(paths.model_dir) == expected else "differs"
+        if model == "differs":
+            raise RegistryError(f"{paths.model_dir} after `dvc {command}` is not the model of "
+                                f"version {version} (content hash differs)")
+    result = {"model": name, "version": str(version), "restored": restored,
+              "dvc": command, "model_dir": model}
+    print(f"checked out {name} version {version}: {', '.join(restored)} restored, "
+          f"`dvc {command}` done, model {model}")
+    return result

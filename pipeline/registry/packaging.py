@@ -1,0 +1,68 @@
+"""How a model directory becomes an MLflow pyfunc: model-from-code (serving.py, no pickle) with
+the pipeline package, a signature, an input example and pinned requirements."""
+from __future__ import annotations
+
+import base64
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.taxonomy import class_names
+
+PACKAGE_DIR = Path(__file__).parent.parent
+SERVING_CODE = PACKAGE_DIR / "serving.py"
+# What the served model imports, pinned to the versions installed here.
+SERVING_REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "peft",
+                        "transformers", "safetensors", "pillow", "numpy", "pandas", "pydantic",
+                        "PyYAML", "scikit-learn", "webdataset")
+
+
+def _signature_and_example(task: str):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from pipeline.prediction_checks import probability_column
+    from pipeline.serving import DEFAULT_BATCH_SIZE
+
+    names = class_names(task)
+    inputs = Schema([ColSpec("string", "image"), ColSpec("string", "text")])
+    outputs = Schema([ColSpec("string", "label"), ColSpec("long", "label_index")]
+                     + [ColSpec("double", probability_column(n)) for n in names])
+    params = ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)])
+    example = pd.DataFrame({"image": [example_image_b64()], "text": ["a caption to check"]})
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params), example
+
+
+def example_image_b64(size: int = 64) -> str:
+    """A small PNG as base64: the input example and the smoke-test payload."""
+    import io
+
+    from PIL import Image
+
+    pixels = (np.indices((size, size)).sum(axis=0) * 4 % 256).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def pinned_requirements() -> list[str]:
+    pins = []
+    for package in SERVING_REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_pyfunc(model_dir: Path, task: str):
+    """Log the model into the active run; MLflow's ModelInfo (its model_uri is registered)."""
+    import mlflow
+
+    signature, example = _signature_and_example(task)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
+        artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
+        pip_requirements=pinned_requirements())
