@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.params import load_params
 from pipeline.stack import objectstore, postgres, processes, services
 from pipeline.stack.processes import StackError
 from pipeline.stack.state import DVC_BUCKET, StackState
@@ -52,14 +53,23 @@ def _wait_healthy(state: StackState, name: str, healthy, what: str) -> None:
     processes.wait_until(ready, what, STARTUP_TIMEOUT_S, log)
 
 
-def _migrate_airflow(state: StackState, env: dict[str, str]) -> None:
-    log = state.log_file("airflow-db-migrate")
+def _airflow_cli(state: StackState, env: dict[str, str], *args: str) -> None:
+    log = state.log_file("airflow-setup")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        result = subprocess.run([str(services.BIN / "airflow"), "db", "migrate"], env=env,
+        result = subprocess.run([str(services.BIN / "airflow"), *args], env=env,
                                 cwd=state.project, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise StackError(f"airflow db migrate failed ({result.returncode}); see {log}")
+        raise StackError(f"airflow {' '.join(args[:2])} failed ({result.returncode}); see {log}")
+
+
+def _set_up_airflow(state: StackState, env: dict[str, str]) -> None:
+    """Schema up to date, and the pool the retrain DAG's GPU stages run in (a task in a missing
+    pool is never queued)."""
+    _airflow_cli(state, env, "db", "migrate")
+    slots = load_params(state.project / "params.yaml").airflow.gpu_pool_slots
+    _airflow_cli(state, env, "pools", "set", "gpu", str(slots),
+                 "GPU stages of mmguard_retrain (params airflow.gpu_pool_slots)")
 
 
 def connect_dvc(state: StackState, project: Path) -> None:
@@ -109,8 +119,8 @@ def up(state: StackState) -> dict[str, float]:
     airflow_env = services.airflow_env(state)
     if not all(_running(state, name) for name in services.AIRFLOW_PROCESSES):
         begin = time.monotonic()
-        _migrate_airflow(state, airflow_env)
-        timings["airflow-db-migrate"] = round(time.monotonic() - begin, 1)
+        _set_up_airflow(state, airflow_env)
+        timings["airflow-setup"] = round(time.monotonic() - begin, 1)
     api, *others = services.AIRFLOW_PROCESSES
     timed(api, lambda: _start_process(state, api, services.airflow_command(api), airflow_env,
                                       lambda: services.airflow_component_healthy(state, api),

@@ -18,7 +18,7 @@ DAG = "mmguard_retrain"
 
 
 def test_scheduler_run_against_dag_test(tmp_path):
-    with running_stack(tmp_path / "stack") as state:
+    with running_stack() as state:
         api = AirflowApi(state)
         api.wait_for_dag(DAG)
         api.unpause(DAG)  # the scheduler also creates the latest weekly run, which goes first

@@ -12,8 +12,8 @@ from tests.stack.harness import running_stack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("stack") / "project") as state:
+def stack():
+    with running_stack() as state:
         yield state
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,10 +47,15 @@ def copy_of_project(dest: Path) -> Path:
 
 
 @contextmanager
-def running_stack(dest: Path) -> Iterator[StackState]:
-    """A project copy at `dest` with the stack up; `down` on the way out. Prints the cold start
-    time (`mmguard stack up` from nothing: no data, no ports, no credentials)."""
-    project = copy_of_project(dest)
+def running_stack() -> Iterator[StackState]:
+    """A project copy with the stack up; `down` on the way out. Prints the cold start time
+    (`mmguard stack up` from nothing: no data, no ports, no credentials).
+
+    The copy lives in a folder of its own under the system temp dir, not in pytest's basetemp:
+    Postgres runs as another OS user, and pytest resets its basetemp root to 0700 whenever any
+    pytest session starts on the machine, which would lock the running server out of its data."""
+    base = Path(tempfile.mkdtemp(prefix="mmguard-stack-"))
+    project = copy_of_project(base / "project")
     begin = time.monotonic()
     try:
         up = mmguard("stack", "up", "--root", str(project), cwd=project)
@@ -58,3 +64,5 @@ def running_stack(dest: Path) -> Iterator[StackState]:
     finally:
         down = mmguard("stack", "down", "--root", str(project), cwd=project, check=False)
         print(down.stdout, down.stderr)
+        if down.returncode == 0:
+            shutil.rmtree(base, ignore_errors=True)
