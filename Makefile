@@ -48,7 +48,7 @@ quality: install
 stack-install: .venv/stack-installed
 
 test-stack: .venv/stack-installed
-	$(PY) -m pytest tests/stack -m stack -p no:cacheprovider --timeout=1800
+	$(PY) -m pytest tests/stack -m stack -p no:cacheprovider --timeout=3600
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock

@@ -21,13 +21,11 @@ def test_scheduler_run_against_dag_test(tmp_path):
     with running_stack() as state:
         api = AirflowApi(state)
         api.wait_for_dag(DAG)
-        api.unpause(DAG)  # the scheduler also creates the latest weekly run, which goes first
-        api.wait(DAG, api.trigger(DAG), 3600)
-        runs = api.runs(DAG)
-        first = min(runs, key=lambda r: r["start_date"])
-        durations = api.task_durations(DAG, first["dag_run_id"])
-    assert all(r["state"] == "success" for r in runs), runs
-    scheduler_s = first["duration"]
+        api.unpause(DAG)
+        run_id = api.trigger(DAG)
+        assert api.wait(DAG, run_id, 3600) == "success", api.task_states(DAG, run_id)
+        scheduler_s = next(r["duration"] for r in api.runs(DAG) if r["dag_run_id"] == run_id)
+        durations = api.task_durations(DAG, run_id)
 
     begin = time.perf_counter()
     report = run(["mmguard", "run"], copy_of_project(tmp_path / "dagtest")).stdout

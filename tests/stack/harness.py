@@ -56,6 +56,12 @@ def running_stack() -> Iterator[StackState]:
     pytest session starts on the machine, which would lock the running server out of its data."""
     base = Path(tempfile.mkdtemp(prefix="mmguard-stack-"))
     project = copy_of_project(base / "project")
+    # Only the runs a test triggers: unpausing would otherwise also start the latest weekly
+    # interval, which (max_active_runs=1) goes first and doubles the tier's time. The stack's
+    # Airflow reads this file as its airflow.cfg; the environment sets everything else.
+    config = StackState.of(project).airflow_home / "airflow.cfg"
+    config.parent.mkdir(parents=True)
+    config.write_text("[scheduler]\nuse_job_schedule = False\n")
     begin = time.monotonic()
     try:
         up = mmguard("stack", "up", "--root", str(project), cwd=project)

@@ -19,7 +19,7 @@ from tests.stack.harness import commit_all, mmguard
 
 DAG = "mmguard_retrain"
 MODEL = "mmguard-hateful_memes"
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 1800  # a loaded 2-core machine took over 15 min for the first run
 pytestmark = pytest.mark.stack
 TIMINGS: dict[str, float] = {}
 
@@ -66,16 +66,12 @@ def test_mlflow_refuses_unauthenticated_requests(stack):
 def test_retrain_dag_through_the_rest_api(stack, airflow, client):
     airflow.wait_for_dag(DAG)
     airflow.unpause(DAG)
-    # Unpausing lets the scheduler create the latest weekly run as well (catchup=False still
-    # runs the last interval); with max_active_runs=1 it goes first. Both must succeed and one
-    # of them must promote: the first model has no champion to beat.
     run_id, state = _run(airflow)
-    runs = airflow.runs(DAG)
-    assert state == "success" and all(r["state"] == "success" for r in runs), \
-        {r["dag_run_id"]: airflow.task_states(DAG, r["dag_run_id"]) for r in runs}
-    assert any(airflow.task_states(DAG, r["dag_run_id"])["promote"] == "success" for r in runs)
-    first = min(runs, key=lambda r: r["start_date"])
-    TIMINGS["first run through the scheduler (start to end)"] = first["duration"]
+    tasks = airflow.task_states(DAG, run_id)
+    assert state == "success", tasks
+    assert tasks["promote"] == "success", tasks  # the first model has no champion to beat
+    TIMINGS["first run through the scheduler (start to end)"] = next(
+        r["duration"] for r in airflow.runs(DAG) if r["dag_run_id"] == run_id)
     # @champion in the server's registry, its weights in the S3 artifact store
     champion = _champion(client)
     assert champion is not None
