@@ -67,8 +67,20 @@ quality: install
 drift-power: install
 	$(PY) -m pytest tests/drift_power -s -p no:cacheprovider --timeout=3600
 
+# The production stack on this machine (Postgres, S3, MLflow server, Airflow; see pipeline/stack)
+# and its test tier, which brings the stack up in a throwaway clone and runs the retrain DAG.
+.PHONY: stack-install test-stack
+.venv/stack-installed: .venv/installed
+	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test,stack]'
+	touch $@
+
+stack-install: .venv/stack-installed
+
+test-stack: .venv/stack-installed
+	$(PY) -m pytest tests/stack -m stack -p no:cacheprovider --timeout=3600
+
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
 
 clean:
-	rm -rf artifacts mlflow.db mlruns mlartifacts airflow_home
+	rm -rf artifacts mlflow.db mlruns mlartifacts airflow_home  # .stack/ holds the stack's data: `mmguard stack down` first, then remove it by hand

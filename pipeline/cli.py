@@ -317,6 +317,99 @@ def _registry_call(call):
         raise typer.Exit(1) from None
 
 
+# ---- the production stack on this machine (pipeline/stack) ----------------------------------
+
+stack_app = typer.Typer(no_args_is_help=True, help="Postgres, S3, MLflow server and Airflow's "
+                        "processes on this machine, all on 127.0.0.1 (state in .stack/).")
+app.add_typer(stack_app, name="stack")
+
+
+def _stack_call(call):
+    from pipeline.stack.processes import StackError
+
+    try:
+        return call()
+    except StackError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _stack_state(root: Path):
+    from pipeline.stack.state import StackState
+
+    return StackState.of(root)
+
+
+@stack_app.command("up")
+def stack_up(root: Path = ROOT_OPTION) -> None:
+    """Start what is not running; credentials and ports are made on first start."""
+    from pipeline.stack import control
+
+    state = _stack_state(root)
+    timings = _stack_call(lambda: control.up(state))
+    for name, seconds in timings.items():
+        typer.echo(f"{name:24s} {seconds:6.1f}s")
+    _print_status(control.status(state))
+    typer.echo(f"credentials: {state.credentials_file}")
+
+
+@stack_app.command("down")
+def stack_down(root: Path = ROOT_OPTION) -> None:
+    """Stop what `up` started; data, ports and credentials stay for the next `up`."""
+    from pipeline.stack import control
+
+    stopped = _stack_call(lambda: control.down(_stack_state(root)))
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack_app.command("stop")
+def stack_stop(service: str = typer.Argument(..., help="one service, e.g. mlflow"),
+               root: Path = ROOT_OPTION) -> None:
+    """Stop one service (`up` starts it again)."""
+    from pipeline.stack import control
+
+    stopped = _stack_call(lambda: control.stop_service(_stack_state(root), service))
+    typer.echo(f"{service}: {'stopped' if stopped else 'was not running'}")
+
+
+@stack_app.command("status")
+def stack_status(root: Path = ROOT_OPTION) -> None:
+    """Each service's URL, pid and health; exit 1 when any is unhealthy."""
+    from pipeline.stack import control
+
+    rows = control.status(_stack_state(root))
+    _print_status(rows)
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(1)
+
+
+def _print_status(rows) -> None:
+    for row in rows:
+        health = "healthy" if row.healthy else ("UNHEALTHY" if row.pid else "down")
+        typer.echo(f"{row.name:24s} {health:10s} pid {str(row.pid or '-'):8s} {row.url}")
+
+
+@stack_app.command("env")
+def stack_env(root: Path = ROOT_OPTION) -> None:
+    """Shell `export` lines a client needs (MLflow URL and login, S3 keys)."""
+    import shlex
+
+    from pipeline.stack.services import client_env
+
+    for key, value in client_env(_stack_state(root)).items():
+        typer.echo(f"export {key}={shlex.quote(value)}")
+
+
+@stack_app.command("connect")
+def stack_connect(clone: Path = typer.Argument(..., help="a checkout of this project"),
+                  root: Path = ROOT_OPTION) -> None:
+    """Make the stack's S3 bucket the default DVC remote of another checkout."""
+    from pipeline.stack import control
+
+    _stack_call(lambda: control.connect_dvc(_stack_state(root), clone.resolve()))
+    typer.echo(f"{clone}: DVC remote '{control.DVC_REMOTE}' is the default")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
