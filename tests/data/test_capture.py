@@ -147,9 +147,8 @@ def _traffic_project(tmp_path, tiny_model, monkeypatch):
     return paths
 
 
-def test_drift_since_judges_captured_traffic(served, tmp_path, tiny_model, monkeypatch):
-    model, context = served
-    paths = _traffic_project(tmp_path, tiny_model, monkeypatch)
+def serve_shifted_traffic(model, context):
+    """Score a batch with a new caption vocabulary through the served pyfunc; flush its capture."""
     traffic = synthetic_batch(1000, 80, "novel_vocabulary")
     encoded = []
     for image in traffic.images:
@@ -158,6 +157,13 @@ def test_drift_since_judges_captured_traffic(served, tmp_path, tiny_model, monke
         encoded.append(base64.b64encode(buffer.getvalue()).decode())
     model.predict(context, pd.DataFrame({"image": encoded, "text": traffic.rows["text"]}))
     capture.flush()
+    return traffic
+
+
+def test_drift_since_judges_captured_traffic(served, tmp_path, tiny_model, monkeypatch):
+    model, context = served
+    paths = _traffic_project(tmp_path, tiny_model, monkeypatch)
+    traffic = serve_shifted_traffic(model, context)
     params = parse_params({"drift": {"log_to_mlflow": False}})
 
     result = drift.run(params, paths, since="24h", out_dir=tmp_path / "since")
@@ -212,14 +218,7 @@ def test_drift_monitor_judges_served_traffic_only_when_there_is_some(served, tmp
     assert incoming.check_new_batches(params, paths, params_file) == \
         {"batches": {}, "drifted": [], "traffic": None}
 
-    traffic = synthetic_batch(1000, 80, "novel_vocabulary")
-    encoded = []
-    for image in traffic.images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        encoded.append(base64.b64encode(buffer.getvalue()).decode())
-    model.predict(context, pd.DataFrame({"image": encoded, "text": traffic.rows["text"]}))
-    capture.flush()
+    traffic = serve_shifted_traffic(model, context)
 
     checked = incoming.check_new_batches(params, paths, params_file)
     assert checked["drifted"] == []  # traffic brings no labels: it alerts, it does not retrain
