@@ -54,7 +54,7 @@ class SyntheticShift(Section):
 
 
 class SyntheticParams(Section):
-    """The embedded default dataset; see pipeline/sources/synthetic.py for how labels arise."""
+    """The embedded default dataset; see pipeline/sources/synthetic/ for how labels arise."""
 
     seed: int = 0
     items_per_task: int = Field(2400, ge=60)  # clean items; planted defects come on top

@@ -73,7 +73,9 @@ def closure(root: Path, module: str) -> list[str]:
         name = todo.pop()
         if name.endswith(".*"):
             folder = root.joinpath(*name[:-2].split("."))
-            todo.extend(_dotted(root, p) for p in sorted(folder.glob("*.py")))
+            # subpackages too (sources/synthetic/), not only the flat modules
+            todo.extend(_dotted(root, p) for p in sorted(folder.glob("*.py"))
+                        + sorted(folder.glob("*/__init__.py")))
             continue
         parts = name.split(".")
         # importing a.b.c runs a/__init__.py and a/b/__init__.py first

@@ -51,11 +51,12 @@ def test_dvc_yaml_is_what_the_generator_writes(tmp_path):
 def test_closure_follows_lazy_relative_and_by_name_imports(tmp_path):
     package = tmp_path / "pipeline"
     (package / "stages").mkdir(parents=True)
-    (package / "sources").mkdir()
+    (package / "sources" / "c").mkdir(parents=True)  # a source split into a package
     (package / "model" / "configs").mkdir(parents=True)
     for name in ("__init__", "stages/__init__", "sources/__init__", "sources/a", "sources/b",
-                 "model/__init__", "lazy", "unused"):
+                 "sources/c/d", "model/__init__", "lazy", "unused"):
         (package / f"{name}.py").write_text("")
+    (package / "sources" / "c" / "__init__.py").write_text("from .d import x\n")
     (package / "model" / "configs" / "tiny.json").write_text("{}")
     (package / "stages" / "s.py").write_text(
         "from . import __name__ as _\n"
@@ -66,7 +67,8 @@ def test_closure_follows_lazy_relative_and_by_name_imports(tmp_path):
     assert stage_deps.closure(tmp_path, "pipeline.stages.s") == [
         "pipeline/__init__.py", "pipeline/lazy.py", "pipeline/model/__init__.py",
         "pipeline/model/configs", "pipeline/sources/__init__.py", "pipeline/sources/a.py",
-        "pipeline/sources/b.py", "pipeline/stages/__init__.py", "pipeline/stages/s.py"]
+        "pipeline/sources/b.py", "pipeline/sources/c/__init__.py", "pipeline/sources/c/d.py",
+        "pipeline/stages/__init__.py", "pipeline/stages/s.py"]
 
 
 def test_speed_knobs_do_not_force_a_rerun_and_the_rest_of_the_section_does():
