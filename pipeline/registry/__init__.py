@@ -18,7 +18,7 @@ calls).
 """
 from pipeline.registry.gate import KEEP, PROMOTE, GateDecision, decide, gate_metrics
 from pipeline.registry.operations import (
-    apply_decision, checkout, gate, promote, register, rollback, score_version, test_set_frame,
+    apply_decision, checkout, gate, gate_test_frame, promote, register, rollback, score_version,
 )
 from pipeline.registry.packaging import example_image_b64, pinned_requirements
 from pipeline.registry.store import (
@@ -28,7 +28,7 @@ from pipeline.registry.store import (
 
 __all__ = [
     "KEEP", "PROMOTE", "GateDecision", "decide", "gate_metrics", "apply_decision", "checkout",
-    "gate", "promote", "register", "rollback", "score_version", "test_set_frame",
+    "gate", "gate_test_frame", "promote", "register", "rollback", "score_version",
     "example_image_b64", "pinned_requirements", "CHALLENGER", "CHAMPION", "PREVIOUS",
     "RegistryBusy", "RegistryError", "RegistryUnavailable", "ensure_reachable", "model_name",
     "registry_lock", "using_store",

@@ -111,7 +111,7 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
 
 # ---------------------------------------------------------------- gate
 
-def test_set_frame(paths: Paths) -> pd.DataFrame:
+def gate_test_frame(paths: Paths) -> pd.DataFrame:
     """The current test shards as a pyfunc input frame: base64 image bytes, text, label."""
     from pipeline.model.data import read_tar, split_shards
 
@@ -191,7 +191,7 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
             decision = GateDecision(KEEP, name, version, seen, [refusal])
             _record_decision(client, decision)
         else:
-            test = test_set_frame(paths)
+            test = gate_test_frame(paths)
             challenger_scores = score_version(name, version, test, params.task)
             champion_scores = (score_version(name, seen, test, params.task)
                                if seen is not None else None)
