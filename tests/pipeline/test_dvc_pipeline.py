@@ -62,7 +62,7 @@ def test_the_first_model_is_registered_and_becomes_champion(project):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("mmguard-hateful_memes", "champion")
     assert str(champion.version) == "1"
-    assert champion.tags["gate.decision"] == "promoted"
+    assert champion.tags["gate.decision"] == "promote"
     assert "PROMOTED to @champion" in output
 
 
@@ -81,13 +81,15 @@ def test_speed_knobs_and_an_unrelated_module_change_nothing_a_used_module_reruns
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "changed" not in run(["dvc", "status"], root).stdout
     (root / "params.yaml").write_text(before)
-    # taxonomy.py feeds dedupe's label checks and train's valid pairs: both must re-run
-    taxonomy = root / "pipeline" / "taxonomy.py"
-    original = taxonomy.read_text()
-    taxonomy.write_text(original + "\n# edited\n")
+    # text.py normalises captions for ingest and dedupe's text keys: both must re-run, while
+    # stages that never import it stay clean
+    text = root / "pipeline" / "text.py"
+    original = text.read_text()
+    text.write_text(original + "\n# edited\n")
     status = run(["dvc", "status"], root).stdout
-    taxonomy.write_text(original)
-    assert "dedupe:" in status and "train:" in status and "drift:" not in status
+    text.write_text(original)
+    assert "ingest:" in status and "dedupe:" in status
+    assert "train:" not in status and "drift:" not in status
 
 
 def test_changing_a_shard_param_reruns_shard_and_only_what_follows(project):
