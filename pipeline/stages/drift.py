@@ -43,7 +43,6 @@ REQUIRED_COLUMNS = ("id", "image_path", "text")
 TOO_FEW = "too few rows to judge"
 # Evidently's own default threshold per method; drift is a score above it.
 METHOD_THRESHOLDS = {"model": 0.55, "mmd": 0.015, "ratio": 0.2, "distance": 0.2}
-MMD_CALIBRATION_ROWS = 200  # rows a side of the seed pairs the MMD threshold was measured on
 
 
 @dataclass
@@ -131,7 +130,7 @@ def features(batch: Batch, model, class_list: list[str], batch_size: int = 64) -
     return pd.concat([batch.rows.reset_index(drop=True), seen], axis=1)
 
 
-def embedding_method(settings: DriftParams, limit: float):
+def embedding_method(settings: DriftParams):
     from evidently.metrics.embeddings import (DistanceDriftMethod, MMDDriftMethod,
                                               ModelDriftMethod, RatioDriftMethod)
 
@@ -140,19 +139,12 @@ def embedding_method(settings: DriftParams, limit: float):
             "distance": DistanceDriftMethod}[chosen.method]
     # No bootstrap: the verdict is then exactly "score above threshold", which the report's test
     # states and drift.json repeats.
-    return kind(threshold=limit, pca_components=chosen.pca_components)
+    return kind(threshold=threshold(settings), pca_components=chosen.pca_components)
 
 
-def threshold(settings: DriftParams, rows: int | None = None) -> float:
-    """The embedding drift threshold for sides of at least `rows` rows. The MMD threshold is
-    calibrated at MMD_CALIBRATION_ROWS a side (make drift-power); the MMD estimate of two samples
-    of one distribution grows like 1/n, so a smaller side raises the threshold in proportion
-    (an incoming batch of 36 rows read 0.016 against 167 reference rows of the same data)."""
+def threshold(settings: DriftParams) -> float:
     chosen = settings.embeddings
-    limit = METHOD_THRESHOLDS[chosen.method] if chosen.threshold is None else chosen.threshold
-    if chosen.method == "mmd" and rows:
-        limit *= max(1.0, MMD_CALIBRATION_ROWS / rows)
-    return limit
+    return METHOD_THRESHOLDS[chosen.method] if chosen.threshold is None else chosen.threshold
 
 
 def _results(snapshot: dict) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -213,9 +205,9 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftParam
                                 embeddings=embeddings)
     keep = ["id", "text", *numerical, *categorical, *(c for cs in embeddings.values() for c in cs)]
     tested = [*numerical, *drift_features.TEXT_DESCRIPTORS, *categorical]
-    limit = threshold(settings, min(len(reference), len(current)))
+    limit = threshold(settings)
     metrics = [DataDriftPreset(columns=tested, drift_share=settings.drift_share),
-               *(EmbeddingsDrift(embeddings_name=m, drift_method=embedding_method(settings, limit),
+               *(EmbeddingsDrift(embeddings_name=m, drift_method=embedding_method(settings),
                                  tests=[lte(limit)]) for m in drift_features.MODALITIES)]
     datasets = [Dataset.from_pandas(frame[keep].reset_index(drop=True), data_definition=definition,
                                     descriptors=drift_features.text_descriptors())

@@ -62,9 +62,8 @@ def _trial(seed: int, shift: str | None) -> dict:
     scores, flags = {}, {}
     for modality in drift_features.MODALITIES:
         columns = [c for c in reference.columns if c.startswith(f"{modality}_emb_")]
-        limit = drift.threshold(SETTINGS, min(len(reference), len(current)))
-        score, flag, _ = drift.embedding_method(SETTINGS, limit)(current[columns].copy(),
-                                                                 reference[columns].copy())
+        score, flag, _ = drift.embedding_method(SETTINGS)(current[columns].copy(),
+                                                          reference[columns].copy())
         scores[modality], flags[modality] = score, flag
     scalar = _scalar_drifted(reference, current)
     share_rule = len(scalar) / len(SCALAR) >= SETTINGS.drift_share
