@@ -23,7 +23,7 @@ from pipeline.registry.operations import (
 from pipeline.registry.packaging import example_image_b64, pinned_requirements
 from pipeline.registry.store import (
     CHALLENGER, CHAMPION, PREVIOUS, RegistryBusy, RegistryError, RegistryUnavailable,
-    ensure_reachable, model_name, registry_lock, using_store,
+    ensure_reachable, model_name, registry_lock,
 )
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "gate", "gate_test_frame", "promote", "register", "rollback", "score_version",
     "example_image_b64", "pinned_requirements", "CHALLENGER", "CHAMPION", "PREVIOUS",
     "RegistryBusy", "RegistryError", "RegistryUnavailable", "ensure_reachable", "model_name",
-    "registry_lock", "using_store",
+    "registry_lock",
 ]

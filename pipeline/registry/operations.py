@@ -27,7 +27,7 @@ from pipeline.registry.gate import KEEP, PROMOTE, GateDecision, decide, fmt
 from pipeline.registry.store import (
     CHALLENGER, CHAMPION, MAX_TAG_CHARS, PREVIOUS, RegistryError, alias_number, alias_version,
     client_for, ensure_model, model_name, registry_errors, registry_lock, set_alias_verified,
-    using_store, version_or_none,
+    version_or_none,
 )
 from pipeline.taxonomy import class_names
 
@@ -78,7 +78,7 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
     name = model_name(params)
     tags = lineage.lineage_tags(params, paths, params_file)
     content = tags[lineage.CONTENT_TAG]
-    with using_store(uri), registry_errors(uri):
+    with tracking.using_uri(uri), registry_errors(uri):
         ensure_model(client, name)
         existing = _version_with_content(client, name, content)
         if existing is not None:  # same model again, or a retried register task
@@ -175,7 +175,7 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
     challenger already is champion: its record of the gate that promoted it stays)."""
     client, uri = client_for(params, paths.root)
     name = model_name(params)
-    with using_store(uri), registry_errors(uri):
+    with tracking.using_uri(uri), registry_errors(uri):
         challenger = alias_version(client, name, CHALLENGER)
         if challenger is None:
             raise RegistryError(f"{name} has no @{CHALLENGER}: run `mmguard register` first")

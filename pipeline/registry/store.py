@@ -85,10 +85,6 @@ def client_for(params: Params, root):
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
-# The one MLflow store context lives in tracking; the registry's operations run inside it.
-using_store = tracking.using_uri
-
-
 def _missing(exc) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or \
         "not found" in str(exc).lower()

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from pipeline import registry
+from pipeline import registry, tracking
 from pipeline.paths import Paths
 from tests.pipeline.registry_fixtures import (
     MLFLOW_BIN, free_port, install_candidate, model_dirs, project_params,
@@ -63,7 +63,7 @@ def champion(tmp_path_factory):
 
 def test_batched_vs_per_sample_pyfunc_throughput(champion):
     params, uri, _ = champion
-    with registry.using_store(params.registry.tracking_uri):
+    with tracking.using_uri(params.registry.tracking_uri):
         model = mlflow.pyfunc.load_model(uri)
     frame = inputs(ROWS)
     model.predict(frame.iloc[:BATCH], params={"batch_size": BATCH})  # warm-up

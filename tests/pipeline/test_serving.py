@@ -112,7 +112,7 @@ def test_threads_sharing_the_loaded_model_get_single_thread_answers(champion):
     """MLflow's scoring server runs requests in threads over one loaded model: no call may
     switch the model's mode under another."""
     params, _ = champion
-    with registry.using_store(params.registry.tracking_uri):
+    with tracking.using_uri(params.registry.tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{registry.model_name(params)}@champion")
     frame = pd.DataFrame({"image": [b64(fx.png_bytes(seed)) for seed in range(16)],
                           "text": [f"caption {seed}" for seed in range(16)]})
