@@ -78,15 +78,14 @@ def connect_dvc(state: StackState, project: Path) -> None:
     creds = state.credentials()
     dvc = str(services.BIN / "dvc")
     env = services._base_env(state)
+    # "--" ends the options: a generated key may start with "-".
+    modify = ["remote", "modify", "--local", "--", DVC_REMOTE]
     for args in (["remote", "add", "--local", "--force", "--default", DVC_REMOTE,
                   f"s3://{DVC_BUCKET}"],
-                 ["remote", "modify", "--local", DVC_REMOTE, "endpointurl",
-                  objectstore.endpoint(state)],
-                 ["remote", "modify", "--local", DVC_REMOTE, "region", objectstore.REGION],
-                 ["remote", "modify", "--local", DVC_REMOTE, "access_key_id",
-                  creds["s3_access_key"]],
-                 ["remote", "modify", "--local", DVC_REMOTE, "secret_access_key",
-                  creds["s3_secret_key"]]):
+                 [*modify, "endpointurl", objectstore.endpoint(state)],
+                 [*modify, "region", objectstore.REGION],
+                 [*modify, "access_key_id", creds["s3_access_key"]],
+                 [*modify, "secret_access_key", creds["s3_secret_key"]]):
         result = subprocess.run([dvc, *args], cwd=project, env=env, capture_output=True,
                                 text=True)
         if result.returncode != 0:

@@ -57,3 +57,24 @@ def test_stop_never_signals_a_process_it_did_not_start(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_connect_dvc_takes_keys_that_look_like_options(tmp_path):
+    """token_urlsafe can start a secret with "-", which `dvc remote modify` read as a flag."""
+    from pipeline.stack import control
+    from pipeline.stack.services import BIN
+
+    state = StackState.of(tmp_path / "stack")
+    creds = state.credentials()
+    creds["s3_secret_key"] = "-MBgvnLFJ4r7CBM760Ch4P3nNpM7fiBrXgJuvRsR"
+    state.credentials_file.write_text(json.dumps(creds))
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=clone, check=True)
+
+    control.connect_dvc(state, clone)
+
+    config = (clone / ".dvc" / "config.local").read_text()
+    assert f"secret_access_key = {creds['s3_secret_key']}" in config
+    assert f"endpointurl = http://127.0.0.1:{state.ports()['s3']}" in config
