@@ -45,7 +45,11 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
 
     from pipeline.registry import store
 
-    client, uri = store.client_for(params, root)
+    try:
+        client, uri = store.client_for(params, root)
+    except registry.RegistryUnavailable as exc:
+        # Falling back to artifacts/model would judge drift with a model that serves nothing.
+        raise StageFailed(f"cannot load the @champion to monitor: {exc}") from None
     name = registry.model_name(params)
     version = store.alias_version(client, name, registry.CHAMPION)
     if version is None:

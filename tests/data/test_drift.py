@@ -230,6 +230,21 @@ def test_no_model_anywhere_fails_clearly(paths):
         drift.run(PARAMS, paths)
 
 
+def test_unreachable_tracking_server_fails_clearly_without_falling_back(paths):
+    """artifacts/model is there, but the stage must judge with the champion it cannot reach."""
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    reference, current = _two_sides(paths, 11)
+    _save(paths, reference + current)
+    params = parse_params({"drift": {"log_to_mlflow": False}, "registry": {"tracking_uri": uri}})
+    with pytest.raises(StageFailed, match=f"cannot load the @champion.*{uri} is unreachable"):
+        drift.run(params, paths)
+    assert not (paths.drift_dir / "drift.json").exists()
+
+
 def test_image_stats_and_unreadable_images(tmp_path):
     grey = tmp_path / "grey.png"
     Image.new("RGB", (40, 20), (128, 128, 128)).save(grey)
