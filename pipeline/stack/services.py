@@ -15,8 +15,8 @@ import requests
 
 from pipeline.stack import objectstore, postgres
 from pipeline.stack.state import (AIRFLOW_ADMIN, AIRFLOW_DB, LOOPBACK, MLFLOW_ADMIN,
-                                  MLFLOW_AUTH_DB, MLFLOW_BUCKET, MLFLOW_DB, StackState,
-                                  write_private)
+                                  MLFLOW_AUTH_DB, MLFLOW_BUCKET, MLFLOW_DB, MONITORING_BUCKET,
+                                  StackState, write_private)
 
 BIN = Path(sys.executable).parent
 TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
@@ -51,6 +51,11 @@ def client_env(state: StackState) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": creds["s3_access_key"],
         "AWS_SECRET_ACCESS_KEY": creds["s3_secret_key"],
         "AWS_DEFAULT_REGION": objectstore.REGION,
+        # Read by pyarrow's S3 filesystem (the capture log) and boto3; DVC has its own setting.
+        "AWS_ENDPOINT_URL": objectstore.endpoint(state),
+        # Served traffic is captured here, and the drift monitor and `mmguard drift --since`
+        # read it back from here, whichever machine they run on.
+        "MMGUARD_MONITORING_URI": f"s3://{MONITORING_BUCKET}/capture",
     }
 
 

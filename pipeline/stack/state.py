@@ -26,6 +26,8 @@ PORT_NAMES = (
 
 DVC_BUCKET = "mmguard-dvc"
 MLFLOW_BUCKET = "mlflow-artifacts"
+# The served model's capture log (pipeline/monitoring/capture.py), read by `mmguard drift --since`.
+MONITORING_BUCKET = "mmguard-monitoring"
 DB_USER = "mmguard"
 AIRFLOW_DB = "airflow"
 MLFLOW_DB = "mlflow"
