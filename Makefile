@@ -40,7 +40,8 @@ test-slow: install
 test-hostile: install
 	$(PY) -m pytest tests/hostile -p no:cacheprovider
 
-bench: install
+# The stack bench (tests/bench/test_bench_stack.py) brings the stack up, so bench needs its extra.
+bench: .venv/stack-installed
 	$(PY) -m pytest tests/bench -s -p no:cacheprovider --timeout=3600
 
 # The GPU path measured (tests/bench/test_bench_gpu.py); on a machine without CUDA it runs the
@@ -76,8 +77,9 @@ drift-power: install
 
 stack-install: .venv/stack-installed
 
+# -s: the tier prints the stack's cold start and the first run's time through the scheduler.
 test-stack: .venv/stack-installed
-	$(PY) -m pytest tests/stack -m stack -p no:cacheprovider --timeout=3600
+	$(PY) -m pytest tests/stack -m stack -s -p no:cacheprovider --timeout=3600 --durations=0
 
 lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock

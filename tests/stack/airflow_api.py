@@ -70,11 +70,25 @@ class AirflowApi:
                              f"{self.task_states(dag_id, run_id)}")
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """The task's log lines (the API serves it as JSON events, not plain text)."""
         response = self.session.get(
             f"{self.base}/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
             f"{try_number}", params={"full_content": True}, timeout=60,
-            headers={"Accept": "text/plain"})
-        return response.text
+            headers={"Accept": "application/json"})
+        response.raise_for_status()
+        return "\n".join(str(event.get("event", "")) if isinstance(event, dict) else str(event)
+                         for event in response.json()["content"])
+
+    def upstream(self, dag_id: str, task_id: str) -> list[str]:
+        tasks = self._call("GET", f"/dags/{dag_id}/tasks")["tasks"]
+        return sorted(t["task_id"] for t in tasks if task_id in t["downstream_task_ids"])
+
+    def pool_slots(self, pool: str) -> int:
+        return self._call("GET", f"/pools/{pool}")["slots"]
+
+    def set_pool_slots(self, pool: str, slots: int) -> None:
+        self._call("PATCH", f"/pools/{pool}", json={"name": pool, "slots": slots,
+                                                     "include_deferred": False})
 
     def clear_failed(self, dag_id: str, run_id: str) -> None:
         """Re-run the failed tasks of a run and what follows them (the operator's retry)."""

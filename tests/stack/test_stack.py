@@ -35,6 +35,12 @@ def _champion(client) -> str | None:
         return None
 
 
+def _run_count(client) -> int:
+    """Runs in every experiment (the first training run creates its experiment)."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return len(client.search_runs(ids)) if ids else 0
+
+
 def _run(airflow, conf: dict | None = None) -> tuple[str, str]:
     run_id = airflow.trigger(DAG, conf)
     return run_id, airflow.wait(DAG, run_id, RUN_TIMEOUT_S)
@@ -100,33 +106,83 @@ def test_unchanged_data_registers_no_new_version(stack, airflow, client):
     assert _champion(client) == champion
 
 
+def test_served_traffic_is_captured_in_s3_and_judged_from_there(stack, client, tmp_path):
+    """`mmguard predict` through the champion captures each row to the monitoring bucket, and
+    `mmguard drift --since` (what the drift monitor runs) reads the traffic back from S3."""
+    import pandas as pd
+
+    env = services.client_env(stack)
+    manifest = pd.read_parquet(stack.project / "artifacts/dedupe/manifest.parquet")
+    rows = manifest[manifest["split"] == "test"].head(30)
+    requests_file = tmp_path / "requests.jsonl"
+    requests_file.write_text("".join(json.dumps({"id": r.id, "image": r.image_path,
+                                                 "text": r.text}) + "\n"
+                                     for r in rows.itertuples()))
+    mmguard("predict", "--model", f"models:/{MODEL}@champion", "--input", str(requests_file),
+            "--output", str(tmp_path / "scored.jsonl"), "--images-dir", str(stack.project),
+            cwd=stack.project, env=env)
+    bucket = env["MMGUARD_MONITORING_URI"][len("s3://"):].split("/")[0]
+    parts = objectstore.client(stack).list_objects_v2(Bucket=bucket)["Contents"]
+    assert parts and all(part["Key"].endswith(".parquet") for part in parts), parts
+
+    out = tmp_path / "traffic-drift"
+    mmguard("drift", "--since", "1h", "--out", str(out), cwd=stack.project, env=env)
+    summary = json.loads((out / "drift.json").read_text())
+    assert summary["n_current"] == len(rows), summary
+    stats = json.loads((out / "stats.json").read_text())
+    assert any(f"{MODEL} v{_champion(client)}" in note for note in stats["notes"]), stats
+
+
 def test_mlflow_down_mid_run_fails_register_clearly_then_retry_succeeds(stack, airflow,
                                                                           client):
-    # A new model: one more epoch retrains (train needs MLflow, the stages after it do not).
+    # A new model: one more epoch retrains.
     params = yaml.safe_load((stack.project / "params.yaml").read_text())
     params["train"]["epochs"] += 1
     (stack.project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     before, champion = _versions(client), _champion(client)
 
+    # Every stage up to register talks to MLflow (train logs its run, evaluate its metrics, drift
+    # loads @champion), so the server has to go down in the gap between them and register. A
+    # closed default_pool holds register back once its upstream tasks are under way: the
+    # scheduler checks pool slots only when it queues a task.
+    upstream = airflow.upstream(DAG, "register")
+    assert upstream, "register has no upstream tasks"
+    started = {"queued", "running", "success"}
+    slots = airflow.pool_slots("default_pool")
     run_id = airflow.trigger(DAG)
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while airflow.task_states(DAG, run_id).get("train") != "success":
-        assert airflow.run_state(DAG, run_id) != "failed", airflow.task_states(DAG, run_id)
-        assert time.monotonic() < deadline, "train never finished"
-        time.sleep(1)
-    mmguard("stack", "stop", "mlflow", "--root", str(stack.project), cwd=stack.project)
-    assert airflow.wait(DAG, run_id, RUN_TIMEOUT_S) == "failed"
-    tasks = airflow.task_states(DAG, run_id)
-    assert tasks["register"] == "failed", tasks
-    log = airflow.task_log(DAG, run_id, "register", 1)
-    assert "MLflow tracking server" in log and "unreachable" in log, log[-3000:]
-
-    mmguard("stack", "up", "--root", str(stack.project), cwd=stack.project)
+    try:
+        _wait_tasks(airflow, run_id, lambda s: all(s.get(t) in started for t in upstream),
+                    "register's upstream tasks never started")
+        airflow.set_pool_slots("default_pool", 0)
+        _wait_tasks(airflow, run_id, lambda s: all(s.get(t) == "success" for t in upstream),
+                    "register's upstream tasks never finished")
+        assert airflow.task_states(DAG, run_id)["register"] in (None, "scheduled"), \
+            airflow.task_states(DAG, run_id)
+        mmguard("stack", "stop", "mlflow", "--root", str(stack.project), cwd=stack.project)
+    finally:
+        airflow.set_pool_slots("default_pool", slots)
+    try:
+        assert airflow.wait(DAG, run_id, RUN_TIMEOUT_S) == "failed"
+        tasks = airflow.task_states(DAG, run_id)
+        assert tasks["register"] == "failed", tasks
+        log = airflow.task_log(DAG, run_id, "register", 1)
+        assert "MLflow tracking server" in log and "unreachable" in log, log[-3000:]
+    finally:  # the later tests need the server back, whatever happened here
+        mmguard("stack", "up", "--root", str(stack.project), cwd=stack.project)
     assert _versions(client) == before and _champion(client) == champion
     airflow.clear_failed(DAG, run_id)
     assert airflow.wait(DAG, run_id, RUN_TIMEOUT_S) == "success", \
         airflow.task_states(DAG, run_id)
     assert len(_versions(client)) == len(before) + 1
+
+
+def _wait_tasks(airflow, run_id: str, done, what: str) -> None:
+    """Poll the run's task states until `done(states)`; a failed run fails at once."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not done(states := airflow.task_states(DAG, run_id)):
+        assert airflow.run_state(DAG, run_id) != "failed", states
+        assert time.monotonic() < deadline, f"{what}: {states}"
+        time.sleep(1)
 
 
 def test_two_clones_share_only_the_remote_and_the_tracking_server(stack, tmp_path, client):
@@ -156,15 +212,13 @@ def test_two_clones_share_only_the_remote_and_the_tracking_server(stack, tmp_pat
 
     subprocess.run(["git", "pull", "-q", "--no-rebase", str(a), "HEAD"], cwd=b, check=True,
                    capture_output=True)
-    runs_before = len(client.search_runs([client.get_experiment_by_name("mmguard")
-                                          .experiment_id]))
+    runs_before = _run_count(client)
     mmguard("stage", "train", cwd=b, env=env)
     assert not (b / "data").exists() and not (b / "artifacts/ingest").exists(), \
         "B pulled more than train needs"
     assert (b / "artifacts/model").is_dir()
     commit_all(b, "B: train")
-    assert len(client.search_runs([client.get_experiment_by_name("mmguard")
-                                   .experiment_id])) == runs_before + 1
+    assert _run_count(client) == runs_before + 1
 
     subprocess.run(["git", "pull", "-q", "--no-rebase", str(b), "HEAD"], cwd=a, check=True,
                    capture_output=True)
