@@ -87,8 +87,10 @@ class AirflowApi:
         return self._call("GET", f"/pools/{pool}")["slots"]
 
     def set_pool_slots(self, pool: str, slots: int) -> None:
-        self._call("PATCH", f"/pools/{pool}", json={"name": pool, "slots": slots,
-                                                     "include_deferred": False})
+        # The mask is what default_pool requires (only its slots may change); the full body is
+        # what the other pools require.
+        self._call("PATCH", f"/pools/{pool}", params={"update_mask": "slots"},
+                   json={"name": pool, "slots": slots, "include_deferred": False})
 
     def clear_failed(self, dag_id: str, run_id: str) -> None:
         """Re-run the failed tasks of a run and what follows them (the operator's retry)."""
