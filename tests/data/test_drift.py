@@ -232,11 +232,9 @@ def test_no_model_anywhere_fails_clearly(paths):
 
 def test_unreachable_tracking_server_fails_clearly_without_falling_back(paths):
     """artifacts/model is there, but the stage must judge with the champion it cannot reach."""
-    import socket
+    from tests.pipeline.registry_fixtures import free_port
 
-    with socket.socket() as closed:  # a port nothing listens on once the socket is closed
-        closed.bind(("127.0.0.1", 0))
-        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     reference, current = _two_sides(paths, 11)
     _save(paths, reference + current)
     params = parse_params({"drift": {"log_to_mlflow": False}, "registry": {"tracking_uri": uri}})

@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from pipeline.stack import objectstore, services
-from pipeline.stack.state import DVC_BUCKET
+from pipeline.stack.state import DVC_BUCKET, MONITORING_BUCKET
 from tests.project import BIN, project_env
 from tests.stack.harness import commit_all, mmguard
 
@@ -121,9 +121,8 @@ def test_served_traffic_is_captured_in_s3_and_judged_from_there(stack, client, t
     mmguard("predict", "--model", f"models:/{MODEL}@champion", "--input", str(requests_file),
             "--output", str(tmp_path / "scored.jsonl"), "--images-dir", str(stack.project),
             cwd=stack.project, env=env)
-    bucket = env["MMGUARD_MONITORING_URI"][len("s3://"):].split("/")[0]
-    keys = [o["Key"] for o in
-            objectstore.client(stack).list_objects_v2(Bucket=bucket).get("Contents", [])]
+    listing = objectstore.client(stack).list_objects_v2(Bucket=MONITORING_BUCKET)
+    keys = [o["Key"] for o in listing.get("Contents", [])]
     # pyarrow also writes folder markers ("capture/", "capture/date=.../")
     assert [key for key in keys if key.endswith(".parquet")], keys
 
