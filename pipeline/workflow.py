@@ -15,11 +15,25 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _fetch_line(source: str, fetched: dict, record: Path, shown: int = 5) -> str:
+    """What fetch copied from a source's folder and what it skipped (links leading out, FIFOs,
+    devices, sockets), naming the first few skipped entries; the record names them all."""
+    line = f"  fetch {source:<12} {fetched.get('files_copied')} files"
+    skipped = fetched.get("skipped_entries", [])
+    if skipped:
+        names = ", ".join(entry["path"] for entry in skipped[:shown])
+        more = f", ... ({len(skipped)} in {record})" if len(skipped) > shown else ""
+        line += f"; skipped {len(skipped)} {fetched.get('skipped_by_reason')}: {names}{more}"
+    return line
+
+
 def summary(paths: Paths) -> str:
     ingest = _read_json(paths.stats("ingest"))
     dedupe = _read_json(paths.stats("dedupe"))
     sizes = _read_json(paths.shard_sizes)
     lines = ["", "mmguard summary"]
+    for source, fetched in sorted(_read_json(paths.stats("fetch")).items()):
+        lines.append(_fetch_line(source, fetched, paths.stats("fetch")))
     if ingest:
         lines.append(f"  rows in           {ingest.get('rows_in')}")
         lines.append(f"  quarantined       {ingest.get('quarantined')} at ingest "

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from pipeline.params import Params
 from pipeline.sources.base import RawRecord, loads_json
-from pipeline.sources.download import (FetchError, copy_tree, download_and_extract, landing,
-                                       local_folder)
+from pipeline.sources.download import FetchError, copy_or_download, landing, record_fetch
 
 SOURCE = "coco"
 RAW_LABEL = "True/Neutral"
@@ -28,13 +27,12 @@ def fetch(dest: Path, params: Params) -> None:
     if not options.local_dir and not options.urls:
         raise FetchError("coco: set fetch.coco.local_dir or fetch.coco.urls")
     with landing(dest) as staging:
-        if options.local_dir:
-            copy_tree(local_folder(options.local_dir, "fetch.coco.local_dir"), staging)
-        else:
-            # No folder lifting here: the official zips unpack to annotations/ and val2017/.
-            download_and_extract(options.urls, staging, params.fetch.max_extracted_bytes)
+        # No folder lifting here: the official zips unpack to annotations/ and val2017/.
+        report = copy_or_download(options.local_dir, "fetch.coco.local_dir", options.urls,
+                                  staging, params.fetch.max_extracted_bytes)
         if not caption_files(staging):
             raise FetchError(f"coco: the fetched files hold no annotations/{CAPTION_GLOB}")
+    record_fetch(dest, SOURCE, report)
 
 
 def caption_files(root: Path) -> list[Path]:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pipeline.params import Params
 from pipeline.sources.base import RawRecord, safe_file_stem, unsafe_id_problem
-from pipeline.sources.download import (FetchError, copy_tree, download_and_extract,
-                                       hoist_single_folder, landing, local_folder)
+from pipeline.sources.download import (FetchError, copy_or_download, hoist_single_folder,
+                                       landing, record_fetch)
 
 SOURCE = "fakeddit"
 SPLIT_FILES = {
@@ -42,13 +42,12 @@ def fetch(dest: Path, params: Params) -> None:
     if not options.local_dir and not options.url:
         raise FetchError("fakeddit: set fetch.fakeddit.local_dir or fetch.fakeddit.url")
     with landing(dest) as staging:
-        if options.local_dir:
-            copy_tree(local_folder(options.local_dir, "fetch.fakeddit.local_dir"), staging)
-        else:
-            download_and_extract([str(options.url)], staging, params.fetch.max_extracted_bytes)
+        report = copy_or_download(options.local_dir, "fetch.fakeddit.local_dir",
+                                  [str(options.url)], staging, params.fetch.max_extracted_bytes)
         hoist_single_folder(staging)
         if not any((staging / name).is_file() for name in SPLIT_FILES):
             raise FetchError(f"fakeddit: the fetched files hold none of {list(SPLIT_FILES)}")
+    record_fetch(dest, SOURCE, report)
 
 
 def read(root: Path, task: str) -> Iterator[RawRecord]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -22,8 +23,8 @@ from pathlib import Path, PurePosixPath
 from pipeline.params import HatefulMemesSourceParams, Params
 from pipeline.sources.archives import safe_extract
 from pipeline.sources.base import RawRecord, canonical_split, safe_file_stem
-from pipeline.sources.download import (FetchError, copy_tree, landing, local_folder,
-                                       scratch_dir)
+from pipeline.sources.download import (CopyReport, FetchError, copy_file, copy_tree, landing,
+                                       local_folder, record_fetch, scratch_dir)
 from pipeline.sources.jsonl_layout import read_layout, split_files
 
 SOURCE = "hateful_memes"
@@ -41,22 +42,24 @@ def read(root: Path, task: str) -> Iterator[RawRecord]:
 
 def fetch(dest: Path, params: Params) -> None:
     options = params.fetch.hateful_memes
+    report = CopyReport()
     with landing(dest) as staging:
         if options.local_dir:
             import_mmf_folder(local_folder(options.local_dir, "fetch.hateful_memes.local_dir"),
-                              staging)
+                              staging, report)
         elif options.gdrive_archive_id:
-            _fetch_drive_archive(options, staging, params.fetch.max_extracted_bytes)
+            _fetch_drive_archive(options, staging, params.fetch.max_extracted_bytes, report)
         else:
             with scratch_dir(dest) as scratch:
                 snapshot = download_hf_snapshot(options.hf_dataset, scratch / "hf",
                                                 (*ANNOTATION_PATTERNS, "*.parquet", "img/*"))
-                import_hf_snapshot(snapshot, staging)
+                import_hf_snapshot(snapshot, staging, report)
         missing = missing_images(staging)
         if missing:
             # Not fatal: ingest quarantines each of these rows as missing_image.
             log.warning("hateful_memes: %d referenced images are absent, e.g. %s",
                         len(missing), missing[0])
+    record_fetch(dest, SOURCE, report)
 
 
 # ---------------------------------------------------------------- network (kept small)
@@ -88,25 +91,26 @@ def download_gdrive(file_id: str, folder: Path) -> Path:
 
 # ---------------------------------------------------------------- conversion and merging
 
-def import_mmf_folder(source: Path, dest: Path) -> int:
-    """Copy an MMF-layout folder; refuse one without any `<split>.jsonl`."""
+def import_mmf_folder(source: Path, dest: Path, report: CopyReport | None = None) -> CopyReport:
+    """Copy an MMF-layout folder (confined to it, see copy_tree); refuse one without any
+    `<split>.jsonl`."""
     if not split_files(source):
         raise FetchError(f"{source}: no <split>.jsonl files (expected e.g. train.jsonl, "
                          "dev_seen.jsonl)")
-    return copy_tree(source, dest)
+    return copy_tree(source, dest, report)
 
 
-def import_hf_snapshot(snapshot: Path, dest: Path) -> int:
+def import_hf_snapshot(snapshot: Path, dest: Path, report: CopyReport | None = None) -> int:
     """Turn a downloaded Hub snapshot into the jsonl layout under `dest`; return lines written
     or copied. Split jsonl files are taken as they are; parquet exports are converted."""
     if split_files(snapshot):
-        copy_tree(snapshot, dest)
+        copy_tree(snapshot, dest, report)
         return sum(_count_lines(path) for path, _ in split_files(dest))
     parquet_by_split = _parquet_files_by_split(snapshot)
     if not parquet_by_split:
         raise FetchError(f"{snapshot}: neither <split>.jsonl nor per-split parquet files")
     if (snapshot / "img").is_dir():
-        copy_tree(snapshot / "img", dest / "img")
+        copy_tree(snapshot / "img", dest / "img", report)
     written = 0
     for split_name, files in parquet_by_split.items():
         with (dest / f"{split_name}.jsonl").open("w", encoding="utf-8") as out:
@@ -222,31 +226,33 @@ def merge_archive_images(extracted: Path, image_dir: Path) -> int:
     return moved
 
 
-def fill_missing_from_snapshot(snapshot: Path, root: Path) -> int:
-    """Copy images that `root`'s split files name but lack from a Hub snapshot; return count."""
+def fill_missing_from_snapshot(snapshot: Path, root: Path,
+                               report: CopyReport | None = None) -> int:
+    """Copy images that `root`'s split files name but lack from a Hub snapshot, confined to the
+    snapshot as copy_tree is; return count."""
+    report = report if report is not None else CopyReport()
+    home = os.path.realpath(snapshot)
     filled = 0
     for name in missing_images(root):
-        source = snapshot / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-            filled += 1
+        if os.path.lexists(snapshot / name):  # absent from the snapshot too: ingest reports it
+            filled += copy_file(snapshot / name, PurePosixPath(name), home, root / name, report)
     return filled
 
 
 def _fetch_drive_archive(options: HatefulMemesSourceParams, staging: Path,
-                         max_extracted_bytes: int | None) -> None:
+                         max_extracted_bytes: int | None, report: CopyReport) -> None:
     with scratch_dir(staging) as scratch:
         snapshot = download_hf_snapshot(options.hf_dataset, scratch / "hf", ANNOTATION_PATTERNS)
-        import_hf_snapshot(snapshot, staging)
+        import_hf_snapshot(snapshot, staging, report)
         archive = download_gdrive(str(options.gdrive_archive_id), scratch / "drive")
         safe_extract(archive, scratch / "extracted", max_extracted_bytes)
         archive.unlink()
         moved = merge_archive_images(scratch / "extracted", staging / "img")
+        report.copied += moved
         missing = missing_images(staging)
         log.info("hateful_memes: %d images from the Drive archive, %d to fetch from %s",
                  moved, len(missing), options.hf_dataset)
         if missing:
             patterns = missing if len(missing) <= MAX_NAMED_IMAGE_PATTERNS else ["img/*"]
             download_hf_snapshot(options.hf_dataset, snapshot, patterns)
-            fill_missing_from_snapshot(snapshot, staging)
+            fill_missing_from_snapshot(snapshot, staging, report)

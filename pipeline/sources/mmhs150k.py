@@ -19,8 +19,8 @@ from pathlib import Path
 from pipeline.images import ImageRejected, read_confined
 from pipeline.params import Params
 from pipeline.sources.base import RawRecord, loads_json, safe_file_stem, unsafe_id_problem
-from pipeline.sources.download import (FetchError, copy_tree, download_and_extract,
-                                       hoist_single_folder, landing, local_folder)
+from pipeline.sources.download import (FetchError, copy_or_download, hoist_single_folder,
+                                       landing, record_fetch)
 
 SOURCE = "mmhs150k"
 GROUND_TRUTH = "MMHS150K_GT.json"
@@ -36,13 +36,12 @@ def fetch(dest: Path, params: Params) -> None:
     if not options.local_dir and not options.url:
         raise FetchError("mmhs150k: set fetch.mmhs150k.local_dir or fetch.mmhs150k.url")
     with landing(dest) as staging:
-        if options.local_dir:
-            copy_tree(local_folder(options.local_dir, "fetch.mmhs150k.local_dir"), staging)
-        else:
-            download_and_extract([str(options.url)], staging, params.fetch.max_extracted_bytes)
+        report = copy_or_download(options.local_dir, "fetch.mmhs150k.local_dir",
+                                  [str(options.url)], staging, params.fetch.max_extracted_bytes)
         hoist_single_folder(staging)
         if not (staging / GROUND_TRUTH).is_file():
             raise FetchError(f"mmhs150k: the fetched files hold no {GROUND_TRUTH}")
+    record_fetch(dest, SOURCE, report)
 
 
 def read(root: Path, task: str) -> Iterator[RawRecord]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import os
 import shutil
+import socket
 import zipfile
 from pathlib import Path
 
@@ -13,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import taxonomy
+from pipeline import taxonomy, workflow
 from pipeline.params import parse_params
+from pipeline.paths import Paths
 from pipeline.sources import coco, fakeddit, hateful_memes, mmhs150k
 from pipeline.sources.download import FetchError
 
@@ -492,3 +495,84 @@ def test_hateful_memes_fetch_never_checks_or_copies_names_that_leave_the_folder(
     assert hateful_memes.missing_images(root) == ["img/ok.png"]
     assert hateful_memes.fill_missing_from_snapshot(snapshot, root) == 1
     assert not (tmp_path / "land" / "escape.png").exists()
+
+
+# ------------------------------------------------------------------ fetch stays inside the folder
+
+# Each source's local folder and the sub-folder its images live in (mmhs150k ships wrapped in
+# one top folder, which fetch lifts).
+LOCAL_FOLDERS = {
+    "hateful_memes": (hateful_memes, lambda root: make_mmf(root), "img", "01235.png"),
+    "mmhs150k": (mmhs150k, lambda root: make_mmhs(root / "MMHS150K").parent,
+                 "MMHS150K/img_resized", "101.jpg"),
+    "fakeddit": (fakeddit, lambda root: make_fakeddit(root), "public_image_set", "awxhir.jpg"),
+    "coco": (coco, lambda root: make_coco(root), "val2017", "000000000139.jpg"),
+}
+
+
+def plant_hostile_entries(images: Path, secret: Path, good: str) -> dict[str, str]:
+    """Entries no fetch may read, named so that the FIFO sorts first (the old copy failed on
+    it before it could reach /dev/zero); returns name -> the reason fetch must give."""
+    os.mkfifo(images / "a-fifo.png")
+    (images / "b-outside.png").symlink_to(secret)
+    (images / "c-zero.png").symlink_to("/dev/zero")
+    (images / "d-inside.png").symlink_to(good)  # stays inside and is a regular file: copied
+    with socket.socket(socket.AF_UNIX) as server:
+        cwd = os.getcwd()
+        os.chdir(images)  # a relative name keeps the socket path under AF_UNIX's 108 bytes
+        try:
+            server.bind("e-socket.png")
+        finally:
+            os.chdir(cwd)
+    (images / "f-outside-folder").symlink_to(secret.parent, target_is_directory=True)
+    return {"a-fifo.png": "not_a_regular_file", "b-outside.png": "path_outside_dataset",
+            "c-zero.png": "path_outside_dataset", "e-socket.png": "not_a_regular_file",
+            "f-outside-folder": "path_outside_dataset"}
+
+
+@pytest.mark.timeout(60)  # a fetch that opened the FIFO or read /dev/zero would never end
+@pytest.mark.parametrize("source", sorted(LOCAL_FOLDERS))
+def test_fetch_copies_only_regular_files_inside_the_local_folder(tmp_path, source):
+    module, make, image_dir, good = LOCAL_FOLDERS[source]
+    local = make(tmp_path / "local")
+    secret = tmp_path / "elsewhere/secret.png"
+    write_image(secret, (1, 2, 3), fmt="PNG")
+    expected = plant_hostile_entries(local / image_dir, secret, good)
+    dest = tmp_path / "data" / source
+
+    module.fetch(dest, params_with(**{source: {"local_dir": str(local)}}))
+
+    landed = dest / image_dir.removeprefix("MMHS150K/")
+    assert (landed / good).is_file()
+    inside = landed / "d-inside.png"  # the in-folder symlink lands as a regular file
+    assert not inside.is_symlink() and inside.read_bytes() == (landed / good).read_bytes()
+    for name in expected:
+        assert not os.path.lexists(landed / name), name
+    secret_bytes = secret.read_bytes()
+    assert not [p for p in dest.rglob("*") if p.is_file() and p.read_bytes() == secret_bytes]
+
+    record = json.loads((tmp_path / "artifacts/fetch/stats.json").read_text())[source]
+    prefix = image_dir + "/"
+    assert {entry["path"].removeprefix(prefix): entry["reason"]
+            for entry in record["skipped_entries"]} == expected
+    assert record["skipped"] == 5
+    assert record["skipped_by_reason"] == {"not_a_regular_file": 2, "path_outside_dataset": 3}
+    copied = sum(1 for p in local.rglob("*") if p.is_file() and not p.is_symlink()) + 1
+    assert record["files_copied"] == copied
+    shown = workflow.summary(Paths(tmp_path))
+    assert f"fetch {source}" in shown and "skipped 5" in shown
+    assert all(name in shown for name in expected)
+
+
+def test_fetch_record_keeps_other_sources_and_counts_hidden_entries(tmp_path):
+    coco_dir = make_coco(tmp_path / "coco")
+    (coco_dir / ".DS_Store").write_bytes(b"finder state")
+    coco.fetch(tmp_path / "data/coco", params_with(coco={"local_dir": str(coco_dir)}))
+    hateful_memes.fetch(tmp_path / "data/hateful_memes",
+                        params_with(hateful_memes={"local_dir": str(make_mmf(tmp_path / "m"))}))
+    record = json.loads((tmp_path / "artifacts/fetch/stats.json").read_text())
+    assert sorted(record) == ["coco", "hateful_memes"]
+    assert record["coco"]["skipped_entries"] == [
+        {"path": ".DS_Store", "reason": "hidden", "detail": "hidden file, not data"}]
+    assert record["hateful_memes"] == {"files_copied": 7, "skipped": 0, "skipped_by_reason": {},
+                                       "skipped_entries": []}
