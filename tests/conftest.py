@@ -50,6 +50,31 @@ def isolated_mlflow():
         os.environ.pop(key, None)
 
 
+# What a checkout holds after `make run`, planted in every test's working directory: a test that
+# reads or asserts on the working directory's state (`Path("mlflow.db")`, a default `--root .`)
+# fails every time, not only in a checkout where `make run` has been. Nothing lands in the
+# checkout either: whatever a test writes to a relative path lands in its own folder.
+PLANTED_CHECKOUT_STATE = ("mlflow.db", "artifacts/", "airflow_home/", "data/", "mlruns/",
+                          "mlartifacts/")
+# Tiers that drive whole checkouts of their own (copies, clones, torchrun from the checkout).
+OWN_WORKING_DIRECTORY = ("stack", "bench", "quality")
+
+
+@pytest.fixture(autouse=True)
+def working_directory_with_stale_state(request, tmp_path_factory, monkeypatch):
+    if request.node.path.parent.name in OWN_WORKING_DIRECTORY:
+        return None
+    folder = tmp_path_factory.mktemp("cwd")
+    for name in PLANTED_CHECKOUT_STATE:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+            (folder / name / "STALE").write_text("left by an earlier run; no test reads this\n")
+        else:
+            (folder / name).write_text("not a database: left by an earlier run\n")
+    monkeypatch.chdir(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory):
     """(paths, summary) of the session's one tiny training run (tests/trained.py). Read only."""

@@ -16,6 +16,7 @@ from tests.model.shard_writer import write_shards
 from tests.stores import sqlite_store
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, whatever the working directory
 
 
 @pytest.mark.slow  # two processes training: a minute and more on 2 cores
@@ -26,7 +27,7 @@ def test_torchrun_two_processes_train_one_epoch(tmp_path):
     params = {"train": {"epochs": 1, "batch_size": 8, "warmup_steps": 1, "device": "cpu"},
               "registry": {"tracking_uri": sqlite_store(tmp_path / "mlflow.db")}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "pipeline.cli", "train",
          "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)],

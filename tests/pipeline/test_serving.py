@@ -282,7 +282,10 @@ def test_predict_cli_scores_good_rows_and_reports_bad_ones(champion, tmp_path):
 def test_predict_cli_refuses_unknown_formats(champion, tmp_path):
     params, paths = champion
     (tmp_path / "rows.csv").write_text("image,text\n")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
     result = CliRunner().invoke(app, ["predict", "--model", "models:/x@champion", "--input",
                                       str(tmp_path / "rows.csv"), "--output",
-                                      str(tmp_path / "out.parquet")])
-    assert result.exit_code == 2
+                                      str(tmp_path / "out.parquet"), "--params",
+                                      str(params_file), "--root", str(paths.root)])
+    assert result.exit_code == 2 and "expected a .jsonl or .parquet file" in result.output

@@ -55,17 +55,22 @@ def test_store_is_restored_when_the_block_fails(tmp_path, monkeypatch):
     assert mlflow.get_tracking_uri() == "sqlite:////outer.db"
 
 
-def test_training_run_leaves_no_store_experiment_or_run_behind(tmp_path):
+def test_training_run_leaves_no_store_experiment_or_run_behind(tmp_path, monkeypatch):
+    root, workdir = tmp_path / "project", tmp_path / "elsewhere"
+    root.mkdir()
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # empty: whatever the run leaves in the working directory shows
     params = parse_params({})
-    sqlite_store(tmp_path / "mlflow.db")  # the default store, relative to the root
-    with tracking.training_run(params, tmp_path, run_name="t") as info:
+    sqlite_store(root / "mlflow.db")  # the default store, relative to the root
+    with tracking.training_run(params, root, run_name="t") as info:
         mlflow.log_metric("x", 1.0)
-    assert info["tracking_uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert info["tracking_uri"] == f"sqlite:///{root.resolve()}/mlflow.db"
     assert mlflow.active_run() is None
     assert not {"MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"} & set(os.environ)
     client = mlflow.MlflowClient(tracking_uri=info["tracking_uri"])
     assert client.get_run(info["run_id"]).data.metrics == {"x": 1.0}
-    assert (tmp_path / "mlflow.db").exists() and not Path("mlflow.db").exists()
+    assert (root / "mlflow.db").exists()
+    assert list(workdir.iterdir()) == []  # no store, mlruns/ or artifacts in the working dir
 
 
 @pytest.mark.slow  # git + dvc init + an experiment run: tens of seconds on 2 cores
