@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,8 +11,10 @@ from PIL import Image
 from torch import nn
 
 from pipeline import taxonomy
+from pipeline.model import feature_cache
 from pipeline.model.heads import build_head
 from pipeline.model.lora import configure_finetuning
+from pipeline.model.packaged import PACKAGED_MODELS
 from pipeline.model.towers import check_tower_source, create_towers
 from pipeline.params import ModelParams, Params
 
@@ -38,6 +41,11 @@ class MMGuardModel(nn.Module):
         self.task = task
         self.class_names = list(taxonomy.class_names(task))
         self.model_params = model_params
+        # Packaged configs split each tower into a pretrained trunk and a new projection; the
+        # trunk's output ("features") is what the embedding cache stores.
+        self.packaged = PACKAGED_MODELS.get(model_params.name)
+        self.caches: dict[str, feature_cache.TowerCache] = {}
+        self.tower_rows = {tower: 0 for tower in feature_cache.TOWERS}  # rows a trunk computed
 
     @property
     def device(self) -> torch.device:
@@ -48,13 +56,108 @@ class MMGuardModel(nn.Module):
         return self._tokenizer(list(texts))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        self.clip.set_grad_checkpointing(enabled)
+        if self.packaged is None:
+            self.clip.set_grad_checkpointing(enabled)
+            return
+        # open_clip's Hugging Face adapter switches checkpointing on whatever flag it is given,
+        # so the text trunk is set directly.
+        text = self.clip.text.transformer
+        text.gradient_checkpointing_enable() if enabled else text.gradient_checkpointing_disable()
+        self.clip.visual.set_grad_checkpointing(enabled)
+
+    def train(self, mode: bool = True) -> "MMGuardModel":
+        super().train(mode)
+        if mode and self.model_params.finetune == "frozen":
+            # A frozen tower runs as in evaluation (no dropout, BatchNorm statistics kept), so
+            # its features are the same every epoch and equal to the cached ones.
+            self.clip.eval()
+            if self.packaged:
+                for name in self.packaged.projections:
+                    self.clip.get_submodule(name).train()
+        elif mode and self.model_params.finetune == "lora":
+            # LoRA leaves the pretrained weights as they are; that includes BatchNorm statistics.
+            for module in self.clip.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    # ------------------------------------------------------------ trunk features and the cache
+
+    @property
+    def cacheable(self) -> bool:
+        """Only frozen pretrained trunks give the same features for the same input forever."""
+        return self.packaged is not None and self.model_params.finetune == "frozen"
+
+    def trunk(self, tower: str) -> nn.Module:
+        return self.clip.visual.trunk if tower == "image" else self.clip.text.transformer
+
+    def tower_fingerprints(self) -> dict[str, str]:
+        return {tower: feature_cache.fingerprint(self.trunk(tower))
+                for tower in feature_cache.TOWERS}
+
+    def attach_cache(self, folder: str | Path) -> dict[str, int]:
+        """Read trunk features from the embed stage's folder; returns entries per tower."""
+        if not self.cacheable:
+            raise ValueError(f"model {self.model_params.name!r} with finetune "
+                             f"{self.model_params.finetune!r} has no cacheable trunks (a "
+                             f"packaged config with finetune: frozen has)")
+        self.caches = {tower: feature_cache.TowerCache.load(Path(folder), tower, fingerprint)
+                       for tower, fingerprint in self.tower_fingerprints().items()}
+        return {tower: len(cache) for tower, cache in self.caches.items()}
+
+    def attach_cache_if_built(self, folder: str | Path) -> dict[str, int] | None:
+        """attach_cache when the embed stage built a cache there and these trunks can use it."""
+        if not self.cacheable or not feature_cache.read_manifest(Path(folder))["enabled"]:
+            return None
+        return self.attach_cache(folder)
+
+    def cache_report(self) -> dict:
+        """Cache hits and misses, and the rows each trunk actually computed (stage stats)."""
+        return {"cached": bool(self.caches),
+                "hits": {t: c.hits for t, c in self.caches.items()},
+                "misses": {t: c.misses for t, c in self.caches.items()},
+                "trunk_rows_computed": dict(self.tower_rows)}
+
+    def _run_trunk(self, tower: str, inputs: torch.Tensor) -> torch.Tensor:
+        self.tower_rows[tower] += len(inputs)
+        if tower == "image":
+            return self.clip.visual.trunk(inputs)
+        text = self.clip.text
+        mask = (inputs != text.config.pad_token_id).long()
+        return text.pooler(text.transformer(input_ids=inputs, attention_mask=mask), mask)
+
+    def features(self, tower: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Trunk output for a batch: from the cache where it has the row, else computed."""
+        cache = self.caches.get(tower)
+        if cache is None:
+            return self._run_trunk(tower, inputs)
+        keys = feature_cache.item_keys(inputs)
+        rows = cache.get(keys)
+        # Rows missing from the cache, once per distinct input (a confounder pair shares its
+        # image, so one batch can hold the same pixels twice).
+        first: dict[bytes, int] = {}
+        for i, row in enumerate(rows):
+            if row is None:
+                first.setdefault(keys[i], i)
+        if first:
+            computed = self._run_trunk(tower, inputs[list(first.values())])
+            cache.put(list(first), computed.detach().float().cpu().numpy())
+            rows = cache.get_quietly(keys)
+        return torch.from_numpy(np.stack(rows)).to(inputs.device)
+
+    def _embed(self, images: torch.Tensor, tokens: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.packaged is None:
+            return (self.clip.encode_image(images, normalize=True),
+                    self.clip.encode_text(tokens, normalize=True))
+        image = self.clip.visual.head(self.features("image", images))
+        text = self.clip.text.proj(self.features("text", tokens))
+        return nn.functional.normalize(image, dim=-1), nn.functional.normalize(text, dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> ModelOutput:
         # Both embeddings are always computed: the contrastive loss needs them even when a
         # unimodal baseline head reads only one.
-        image_emb = self.clip.encode_image(images, normalize=True)
-        text_emb = self.clip.encode_text(tokens, normalize=True)
+        image_emb, text_emb = self._embed(images, tokens)
         logits = self.head({"image": image_emb, "text": text_emb})
         logit_scale = self.clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         return ModelOutput(logits=logits, image_emb=image_emb, text_emb=text_emb,
@@ -98,7 +201,9 @@ def build_from_model_params(model_params: ModelParams, task: str, seed: int) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         towers = create_towers(model_params.name, model_params.pretrained)
-        configure_finetuning(towers.clip, model_params.finetune, model_params.lora)
+        packaged = PACKAGED_MODELS.get(model_params.name)
+        configure_finetuning(towers.clip, model_params.finetune, model_params.lora,
+                             always_train=packaged.projections if packaged else ())
         head = build_head(model_params.fusion, model_params.modality, towers.embed_dim,
                           num_classes, model_params.head)
     return MMGuardModel(towers.clip, head, towers.preprocess, towers.tokenizer, task,

@@ -32,6 +32,9 @@ def save_model(model: MMGuardModel, out_dir: str | Path) -> Path:
         "open_clip_name": model.model_params.name,
         "model": model.model_params.model_dump(mode="json"),
     }
+    if model.packaged is not None:
+        # Where the pretrained trunks came from: package, file, sha256 and licence.
+        config["pretrained_weights"] = model.packaged.record()
     with atomic.directory(out_dir) as staging:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")

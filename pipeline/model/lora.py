@@ -45,22 +45,42 @@ class ExactLoraMultiheadAttention(PeftLoraMultiheadAttention):
         return torch.func.functional_call(mha, swapped, (query, *args), kwargs)
 
 
+# LoRA targets inside pretrained towers built from other libraries: a BERT text tower's
+# attention projections (transformers names them query/key/value and attention.output.dense) and
+# an EfficientNet image tower's pointwise projection convolutions (timm's conv_pwl), the layers
+# that carry most of each block's weights.
+HF_ATTENTION_SUFFIXES = (".attention.self.query", ".attention.self.key",
+                         ".attention.self.value", ".attention.output.dense")
+TIMM_PROJECTION_SUFFIX = ".conv_pwl"
+
+
 def attention_module_names(clip: nn.Module) -> list[str]:
     return [name for name, module in clip.named_modules()
             if isinstance(module, nn.MultiheadAttention)]
 
 
+def lora_targets(clip: nn.Module) -> list[str]:
+    """Native open_clip attention, HF attention projections, timm pointwise projections."""
+    targets = attention_module_names(clip)
+    for name, module in clip.named_modules():
+        if isinstance(module, nn.Linear) and name.endswith(HF_ATTENTION_SUFFIXES):
+            targets.append(name)
+        elif isinstance(module, nn.Conv2d) and name.endswith(TIMM_PROJECTION_SUFFIX):
+            targets.append(name)
+    return targets
+
+
 def apply_lora(clip: nn.Module, lora: LoraParams) -> list[str]:
-    """Wrap every attention module of both towers with LoRA in place; returns the wrapped names.
+    """Wrap the towers' attention / projection layers with LoRA in place; returns their names.
 
     Afterwards only the LoRA A/B matrices require grad.
     """
-    targets = attention_module_names(clip)
+    targets = lora_targets(clip)
     if not targets:
         raise ValueError(
-            f"{type(clip).__name__} has no nn.MultiheadAttention to adapt; LoRA fine-tuning "
-            "needs an open_clip model with native transformer towers (use finetune: full or "
-            "frozen for timm/HF towers)")
+            f"{type(clip).__name__} has no attention or projection layer LoRA knows how to "
+            "adapt (nn.MultiheadAttention, a BERT attention Linear, a timm conv_pwl); use "
+            "finetune: full or frozen")
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=targets, bias="none")
     config._register_custom_module({nn.MultiheadAttention: ExactLoraMultiheadAttention})
@@ -74,12 +94,21 @@ def is_lora_parameter(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
 
 
-def configure_finetuning(clip: nn.Module, finetune: str, lora: LoraParams) -> None:
-    """lora: adapters train, towers frozen; full: all tower weights train; frozen: none do."""
+def configure_finetuning(clip: nn.Module, finetune: str, lora: LoraParams,
+                         always_train: tuple[str, ...] = ()) -> None:
+    """lora: adapters train, towers frozen; full: all tower weights train; frozen: none do.
+
+    `always_train` names modules that train in every mode: the projections a packaged config
+    adds on top of its pretrained trunks start random, and frozen random weights would only
+    scramble the trunks' features.
+    """
     if finetune not in FINETUNE_MODES:
         raise ValueError(f"model.finetune {finetune!r}; allowed: {', '.join(FINETUNE_MODES)}")
     if finetune == "lora":
         apply_lora(clip, lora)
-        return
-    for parameter in clip.parameters():
-        parameter.requires_grad_(finetune == "full")
+    else:
+        for parameter in clip.parameters():
+            parameter.requires_grad_(finetune == "full")
+    for name in always_train:
+        for parameter in clip.get_submodule(name).parameters():
+            parameter.requires_grad_(True)
