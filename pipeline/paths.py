@@ -75,6 +75,11 @@ class Paths:
     def shard_sizes(self) -> Path:
         return self.shards / "sizes.json"
 
+    # embed: the frozen towers' feature cache (pipeline/model/feature_cache.py)
+    @property
+    def embeddings(self) -> Path:
+        return self.artifacts / "embeddings"
+
     # train
     @property
     def model_dir(self) -> Path:

@@ -63,6 +63,14 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
 
 
 def load_monitored_model(params: Params, paths: Paths) -> MonitoredModel:
+    monitored = _monitored_model(params, paths)
+    # Frozen pretrained trunks read the embed stage's features instead of running again; a
+    # champion whose trunks differ (other weights) finds no entries and runs them.
+    monitored.model.attach_cache_if_built(paths.embeddings)
+    return monitored
+
+
+def _monitored_model(params: Params, paths: Paths) -> MonitoredModel:
     from pipeline.model import load_model
 
     champion = _champion(params, paths.root)

@@ -186,6 +186,7 @@ def run(params: Params, paths: Paths) -> dict:
                           f"{params.task!r}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(paths.model_dir, device=device)
+    model.attach_cache_if_built(paths.embeddings)
     if model.task != params.task:
         raise StageFailed(f"model in {paths.model_dir} is for {model.task!r}, not {params.task!r}")
     names = list(class_names(params.task))
@@ -230,7 +231,8 @@ def run(params: Params, paths: Paths) -> dict:
                               "skipped")
     stats = {"scored": {s: len(scored[s]) for s in EVAL_SPLITS}, "expected": expected,
              "skipped": {s: [list(x) for x in skipped[s]] for s in EVAL_SPLITS},
-             "decision_rule": rule, "threshold": threshold, "mlflow": mlflow_status}
+             "decision_rule": rule, "threshold": threshold, "mlflow": mlflow_status,
+             "embedding_cache": model.cache_report()}
     headline = ("auroc",) if threshold is not None else ("top1", "top2")
     stats["test"] = {k: result["test"].get(k) for k in headline}
     atomic.write_text(paths.stats("evaluate"), json.dumps(_json_safe(stats), indent=2))

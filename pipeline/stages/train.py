@@ -130,6 +130,9 @@ def _run(params: Params, paths: Paths, dist: training.DistContext,
     except RuntimeError as exc:
         raise StageFailed(str(exc)) from None
     model.set_grad_checkpointing(params.train.grad_checkpointing)
+    cached = model.attach_cache_if_built(paths.embeddings)
+    if cached is not None:
+        print(f"train: frozen towers read the embedding cache ({cached} entries)", flush=True)
     model.to(device)
     counts = count_parameters(model)
 
@@ -159,6 +162,8 @@ def _run(params: Params, paths: Paths, dist: training.DistContext,
             mlflow.log_metrics({"params_total": counts["total"],
                                 "params_trainable": counts["trainable"]})
             mlflow.set_tags({"device": str(device), "world_size": str(dist.world_size)})
+            if model.packaged is not None:
+                _log_weights(model.packaged.record())
         try:
             result = training.fit(
                 model, train_batches=train_batches, val_batches=val_batches,
@@ -174,6 +179,16 @@ def _run(params: Params, paths: Paths, dist: training.DistContext,
     if dist.enabled:
         torch_dist.barrier()
     return summary if dist.is_main else {"rank": dist.rank, "finished": True}
+
+
+def _log_weights(record: dict) -> None:
+    """Each pretrained weights file's package, sha256 and licence, as tags and one JSON file."""
+    import mlflow
+
+    for tower, weights in record.items():
+        mlflow.set_tags({f"weights.{tower}.{key}": str(weights[key])
+                         for key in ("package", "file", "sha256", "licence", "source")})
+    mlflow.log_dict(record, "pretrained_weights.json")
 
 
 def _write_outputs(params, paths, model, result, counts, device, dist, steps, run_info,
@@ -206,6 +221,7 @@ def _write_outputs(params, paths, model, result, counts, device, dist, steps, ru
     stats = {"stage": STAGE, "task": params.task, "device": str(device),
              "world_size": dist.world_size, "steps_per_epoch": steps,
              "parameters": counts, "resumed_from_epoch": result.resumed_from,
-             "global_steps": result.global_step, **metrics, "mlflow": run_info}
+             "global_steps": result.global_step, **metrics, "mlflow": run_info,
+             "embedding_cache": model.cache_report()}
     atomic.write_json(paths.stats(STAGE), stats)
     return stats
