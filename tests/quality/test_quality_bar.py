@@ -17,7 +17,7 @@ from pipeline.model import load_model
 from pipeline.params import load_params
 from pipeline.paths import Paths
 from pipeline.sources import synthetic
-from pipeline.stages import dedupe, ingest, shard, train, validate
+from pipeline.stages import dedupe, embed, ingest, shard, train, validate
 from tests.project import make_project
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,7 @@ def _trained(root, task: str, modality: str = "both") -> dict:
         synthetic.fetch(paths.source_dir("synthetic"), params)
         for stage in (ingest, dedupe, validate, shard):
             stage.run(params, paths)
+    embed.run(params, paths)  # frozen pretrained towers: their features once (incremental)
     train.run(params, paths)
     return json.loads((paths.train_dir / "metrics.json").read_text())["best"]
 
