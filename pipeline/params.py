@@ -257,6 +257,10 @@ class MonitoringParams(Section):
     max_buffer_rows: int = Field(10_000, ge=1)  # rows beyond this are counted as dropped
     # The drift monitor judges the traffic captured in this last window (`mmguard drift --since`).
     traffic_window: str = Field("24h", pattern=r"^\d+(\.\d+)?[smhdw]$")
+    # One try, this long, for the registry look-up of the served model's version (made by the
+    # capture writer, at exit for `mmguard predict`); past it the rows keep model_version null
+    # instead of MLflow's minutes of retries. Whole seconds: MLflow reads it as an int.
+    registry_timeout_s: int = Field(5, ge=1, le=120)
 
 
 class GateParams(Section):

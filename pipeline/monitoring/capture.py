@@ -234,7 +234,7 @@ def _settings() -> MonitoringParams:
         return MonitoringParams()
 
 
-def _model_identity(context) -> dict:
+def _model_identity(context, registry_uri: str | None = None, timeout_s: int = 5) -> dict:
     """Name, version and run of the served model, from its MLmodel file and the registry;
     MMGUARD_MODEL_NAME / MMGUARD_MODEL_VERSION override. Resolved once, off the request path."""
     import yaml
@@ -249,18 +249,59 @@ def _model_identity(context) -> dict:
             identity["run_id"], model_id = meta.get("run_id"), meta.get("model_id")
             break
     if identity["run_id"] and not identity["version"]:
-        try:
-            from mlflow import MlflowClient
-
-            for version in MlflowClient().search_model_versions(
-                    f"run_id='{identity['run_id']}'"):
-                if model_id is None or model_id in (version.source or ""):
-                    identity.update(name=version.name, version=str(version.version))
-                    break
-        except Exception:  # noqa: BLE001 - no registry reachable: the run id still identifies it
-            log.warning("capture: could not resolve the model version of run %s",
-                        identity["run_id"])
+        found = registry_version(identity["run_id"], model_id, registry_uri, timeout_s)
+        if found is not None:
+            identity.update(name=found[0], version=found[1])
     return identity
+
+
+# MLflow's HTTP client reads these on every call: 120 s a try and 7 retries with back-off by
+# default, minutes in all against a server that is down.
+HTTP_TIMEOUT_VARIABLE = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_RETRIES_VARIABLE = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+_HTTP_SETTINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def one_short_try(timeout_s: int):
+    """MLflow HTTP calls inside the block make one try of at most `timeout_s` seconds; the
+    variables are put back as they were after it. The lock keeps two blocks from restoring each
+    other's values; another thread's MLflow call during the block gets the short try too, which
+    is why blocks hold only a single look-up."""
+    wanted = {HTTP_TIMEOUT_VARIABLE: str(int(timeout_s)), HTTP_RETRIES_VARIABLE: "0"}
+    with _HTTP_SETTINGS_LOCK:
+        saved = {key: os.environ.get(key) for key in wanted}
+        os.environ.update(wanted)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def registry_version(run_id: str, model_id: str | None, registry_uri: str | None,
+                     timeout_s: int) -> tuple[str, str] | None:
+    """(name, version) of the registered version logged from run `run_id` (and model
+    `model_id`), or None when there is none or the registry does not answer in one try of
+    `timeout_s` seconds; that case is logged and the rows keep model_version null."""
+    from mlflow import MlflowClient
+
+    try:
+        with one_short_try(timeout_s):
+            versions = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri) \
+                .search_model_versions(f"run_id='{run_id}'")
+    except Exception as exc:  # noqa: BLE001 - the run id still identifies the model
+        log.warning("capture: the model version of run %s could not be resolved from the "
+                    "registry %s (one try, %d s timeout: %s); captured rows keep model_version "
+                    "null", run_id, registry_uri, timeout_s, str(exc).splitlines()[0][:200])
+        return None
+    for version in versions:
+        if model_id is None or model_id in (version.source or ""):
+            return version.name, str(version.version)
+    return None
 
 
 _PAUSED = threading.Event()
@@ -285,14 +326,20 @@ def record(context, model_input: pd.DataFrame, images: list, texts: list,
     if _LOG is None:
         with _LOG_LOCK:
             if _LOG is None:
+                import mlflow  # already loaded: the pyfunc calling us is MLflow's
+
                 settings = _settings()
                 if not settings.capture:
                     return
                 resolved: dict = {}
+                # The store this process scores from, read now: the writer thread may resolve
+                # the version after `tracking.store` has put the process-wide URIs back.
+                registry_uri = mlflow.get_registry_uri()
 
                 def identity() -> dict:  # called by the writer thread
                     if not resolved:
-                        resolved.update(_model_identity(context))
+                        resolved.update(_model_identity(context, registry_uri,
+                                                        settings.registry_timeout_s))
                     return resolved
 
                 _LOG = CaptureLog(settings, log_location(settings), identity)
