@@ -57,6 +57,8 @@ def _stage_run(stage: str):
         from pipeline.stages.evaluate import run
     elif stage == "checks":
         from pipeline.stages.checks import run
+    elif stage == "text_peer":
+        from pipeline.stages.text_peer import run
     else:
         raise ValueError(f"no stage {stage!r}")
     return run
@@ -78,6 +80,7 @@ for _stage, _doc in (
     ("train", "Train the CLIP + LoRA + fusion-head model and track it in MLflow."),
     ("evaluate", "Score the model on the test split; metrics, predictions and plots."),
     ("checks", "Check the predictions; fail on any error-level check."),
+    ("text_peer", "Train the TF-IDF text-only peer; score it beside the model on its test rows."),
 ):
     _stage_command(_stage, _doc)
 

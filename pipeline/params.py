@@ -263,11 +263,40 @@ class MonitoringParams(Section):
     registry_timeout_s: int = Field(5, ge=1, le=120)
 
 
+class TextPeerParams(Section):
+    """The text-only baseline every run trains (pipeline/text_peer.py): TF-IDF over character
+    n-grams of the caption, then logistic regression; C is the val-best of `c_grid`."""
+
+    analyzer: Literal["char_wb", "char"] = "char_wb"  # char_wb: n-grams inside word boundaries
+    ngram_min: int = Field(2, ge=1)
+    ngram_max: int = Field(5, ge=1)
+    max_features: int | None = Field(200_000, ge=1)  # the most frequent n-grams; null: all
+    c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation
+    # Used when val cannot rank the grid (a one-class val leaves AUROC undefined for every C).
+    fallback_c: float = Field(1.0, gt=0)
+    max_iter: int = Field(2000, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid_and_range(self) -> "TextPeerParams":
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must not exceed ngram_max "
+                             f"({self.ngram_max})")
+        if not self.c_grid or any(not 0 < c < float("inf") for c in self.c_grid):
+            raise ValueError(f"c_grid must hold at least one finite C > 0, got {self.c_grid}")
+        if len(set(self.c_grid)) != len(self.c_grid):
+            raise ValueError(f"c_grid lists a C twice: {self.c_grid}")
+        return self
+
+
 class GateParams(Section):
     min_auroc: float = Field(0.5, ge=0, le=1)
     min_top1: float = Field(0.5, ge=0, le=1)
     min_top2: float = Field(0.7, ge=0, le=1)
     regression_tolerance: float = Field(0.01, ge=0, le=1)
+    # The challenger's metric of record (AUROC; top-1 for seven classes) must exceed the text
+    # peer's by more than this (a gain equal to it fails; see gate.py).
+    min_gain_over_text_peer: float = Field(0.0, ge=0, le=1)
 
 
 class RegistryParams(Section):
@@ -324,6 +353,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     checks: ChecksParams = ChecksParams()
+    text_peer: TextPeerParams = TextPeerParams()
     drift: DriftParams = DriftParams()
     monitoring: MonitoringParams = MonitoringParams()
     registry: RegistryParams = RegistryParams()

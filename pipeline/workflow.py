@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline import text_peer
 from pipeline.paths import Paths
 
 
@@ -25,6 +26,19 @@ def _fetch_line(source: str, fetched: dict, record: Path, shown: int = 5) -> str
         more = f", ... ({len(skipped)} in {record})" if len(skipped) > shown else ""
         line += f"; skipped {len(skipped)} {fetched.get('skipped_by_reason')}: {names}{more}"
     return line
+
+
+def _text_peer_line(peer: dict) -> str:
+    """The model beside the TF-IDF text peer on the same test rows (the gate's comparison)."""
+    def scores(side: dict) -> str:
+        return " / ".join(f"{k} {side[k]:.4f}" if side.get(k) is not None else f"{k} undefined"
+                          for k in ("auroc", "top1", "top2") if k in side)
+
+    test, model, gain = peer.get("test", {}), peer.get("model_test", {}), peer.get("gain")
+    verdict = ("gain undefined" if gain is None else f"model ahead by {gain:.4f}" if gain > 0
+               else f"model BEHIND by {-gain:.4f}" if gain < 0 else "a tie")
+    return (f"  vs text peer      model {scores(model)} | TF-IDF text peer {scores(test)} "
+            f"(C={peer.get('c')}) on the same {test.get('samples')} test rows: {verdict}")
 
 
 def summary(paths: Paths) -> str:
@@ -58,6 +72,9 @@ def summary(paths: Paths) -> str:
         shown = {k: round(v, 4) for k, v in test.items()
                  if k in ("auroc", "accuracy", "f1", "top1", "top2", "macro_f1")}
         lines.append(f"  test              {shown}")
+    peer = _read_json(text_peer.metrics_path(paths))
+    if peer:
+        lines.append(_text_peer_line(peer))
     checks = _read_json(paths.checks_dir / "report.json")
     if checks:
         lines.append(f"  prediction checks {'passed' if checks.get('passed') else 'FAILED'}")
