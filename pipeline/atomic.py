@@ -6,6 +6,7 @@ beside its outputs, which `.dvcignore` covers and the next write replaces.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -60,15 +61,17 @@ def write_with(dest: str | Path, writer: Callable[[Path], object]) -> None:
 @contextmanager
 def directory(dest: str | Path) -> Iterator[Path]:
     """An empty folder to fill; when the block succeeds it replaces `dest` whole (the old one, if
-    any, is moved aside first and then removed), so `dest` is always complete or absent."""
+    any, is moved aside first and then removed), so `dest` is always complete or absent.
+    Staging folders that a killed writer left beside `dest` are removed first."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent))
+    _remove_dead_writers_folders(dest)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_temp_name(dest)}-", dir=dest.parent))
     staging.chmod(0o755)  # mkdtemp's 0o700 would outlive the rename
     try:
         yield staging
         if dest.exists():
-            retired = dest.with_name(f".{dest.name}{TMP_MARK}old-{os.getpid()}")
+            retired = dest.with_name(f"{_temp_name(dest)}-old")
             shutil.rmtree(retired, ignore_errors=True)
             os.rename(dest, retired)
             os.rename(staging, dest)
@@ -77,3 +80,23 @@ def directory(dest: str | Path) -> Iterator[Path]:
             os.rename(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_writers_folders(dest: Path) -> None:
+    """A temporary name holds its writer's pid; a folder whose writer is gone (a killed stage)
+    would otherwise stay forever, since every staging folder has a new name."""
+    prefix = f".{dest.name}{TMP_MARK}"
+    for entry in dest.parent.glob(glob.escape(prefix) + "*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and entry.is_dir() and not _running(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

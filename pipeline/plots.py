@@ -2,7 +2,8 @@
 files `dvc plots` reads.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so nothing
-needs a display and no global figure state leaks between calls.
+needs a display and no global figure state leaks between calls. `write_plots` replaces its folder
+whole (pipeline/atomic.py), as the stages write every other output.
 
 CSV files (one row per point):
 - roc.csv          class, fpr, tpr, threshold      (binary: the positive class; else one-vs-rest)
@@ -22,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
+from pipeline import atomic
 from pipeline.prediction_checks import probability_column
 
 CALIBRATION_BINS = 10
@@ -126,8 +128,16 @@ def _calibration_png(points: pd.DataFrame, path: Path) -> None:
 
 
 def write_plots(frame: pd.DataFrame, class_names, out_dir: Path) -> list[Path]:
-    """Write the four plots (PNG + CSV) for one predictions frame; returns the files written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the four plots (PNG + CSV) for one predictions frame; returns the files written.
+
+    They are drawn into a staging folder that replaces `out_dir` whole, so a plot that fails (or
+    a killed stage) leaves the previous folder as it was, never a mix of old and new files."""
+    with atomic.directory(out_dir) as staging:
+        names = _draw_all(frame, class_names, staging)
+    return [out_dir / name for name in names]
+
+
+def _draw_all(frame: pd.DataFrame, class_names, out_dir: Path) -> list[str]:
     labels = frame["label"].to_numpy(dtype=int)
     probs = frame[[probability_column(n) for n in class_names]].to_numpy(dtype=float)
     predicted = frame["prediction"].to_numpy(dtype=int)
@@ -142,10 +152,9 @@ def write_plots(frame: pd.DataFrame, class_names, out_dir: Path) -> list[Path]:
     for name, table in (("roc", roc), ("pr", pr), ("confusion", confusion),
                         ("calibration", calibration)):
         table.to_csv(out_dir / f"{name}.csv", index=False)
-        written.append(out_dir / f"{name}.csv")
+        written.append(f"{name}.csv")
     _curve_png(roc, "fpr", "tpr", "ROC", out_dir / "roc.png", diagonal=True)
     _curve_png(pr, "recall", "precision", "precision-recall", out_dir / "pr.png", diagonal=False)
     _confusion_png(matrix, class_names, out_dir / "confusion.png")
     _calibration_png(calibration, out_dir / "calibration.png")
-    written += [out_dir / f"{name}.png" for name in ("roc", "pr", "confusion", "calibration")]
-    return written
+    return written + [f"{name}.png" for name in ("roc", "pr", "confusion", "calibration")]
