@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-slow test-hostile bench bench-gpu gpu-wheels quality drift-power lock clean
+.PHONY: install run test test-slow test-hostile browser bench bench-gpu gpu-wheels quality drift-power lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -19,7 +19,15 @@ export PYTHONUNBUFFERED := 1
 	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test]'
 	touch $@
 
-install: .venv/installed
+# What GX's Data Docs load from CDNs (bootstrap, jquery, bootstrap-table, font-awesome, vega...):
+# pinned npm tarballs, integrity-checked, fetched once with the machine's npm into the venv
+# (pipeline/offline_html.py); validate copies them into the site, so reports render offline.
+.venv/report-assets: .venv/installed pipeline/offline_html.py
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	$(PY) -m pipeline.offline_html fetch
+	touch $@
+
+install: .venv/installed .venv/report-assets
 
 run: install
 	.venv/bin/mmguard run
@@ -33,7 +41,13 @@ run: install
 test: install
 	$(PY) -m pytest tests -m "not slow" --durations=25
 
-test-slow: install
+# test-slow holds the browser tests (tests/browser/): Debian's Chromium and ChromeDriver open the
+# Data Docs and the drift report from file:// with the network shut. `make test` needs neither.
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+test-slow: install browser
 	$(PY) -m pytest tests -m slow --durations=25
 
 # The hostile-input corpus (every source format, every bad row kind) through the data stages.
@@ -71,7 +85,7 @@ drift-power: install
 # The production stack on this machine (Postgres, S3, MLflow server, Airflow; see pipeline/stack)
 # and its test tier, which brings the stack up in a throwaway clone and runs the retrain DAG.
 .PHONY: stack-install test-stack
-.venv/stack-installed: .venv/installed
+.venv/stack-installed: .venv/installed .venv/report-assets
 	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test,stack]'
 	touch $@
 

@@ -1,7 +1,8 @@
 """validate stage: run the Great Expectations suite (pipeline/expectations.py) over the manifest.
 
 Writes artifacts/validate/results.json (one entry per expectation), GX Data Docs under
-artifacts/validate/data_docs/ and stats.json. Fails on any failed error-level expectation;
+artifacts/validate/data_docs/ (self-contained: pipeline/offline_html.py serves what GX's pages
+load from CDNs from the site itself) and stats.json. Fails on any failed error-level expectation;
 warning-level failures are reported and pass.
 
 The GX context is ephemeral (in-memory stores): the suite is rebuilt from params on every run, so
@@ -10,7 +11,6 @@ nothing but the outputs needs to persist, and DVC owns those.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from pipeline import atomic
+from pipeline import atomic, offline_html
 from pipeline.errors import StageFailed
 from pipeline.expectations import LEVELS, add_derived_columns, build_expectations
 from pipeline.params import Params
@@ -43,8 +43,12 @@ def run(params: Params, paths: Paths) -> dict:
     out_dir = paths.validate_dir
     docs_dir = out_dir / "data_docs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(docs_dir, ignore_errors=True)  # no page from an earlier run survives
-    results = run_suite(frame, params, docs_dir)
+    # The site is built in a staging folder that replaces the old one whole (no page of an
+    # earlier run survives, a killed run leaves the old site), its CDN references pointed at
+    # copies inside it so it renders offline.
+    with atomic.directory(docs_dir) as staging:
+        results = run_suite(frame, params, staging)
+        offline_html.make_offline(staging)
 
     failed_errors = [r for r in results if not r["success"] and r["level"] == "error"]
     failed_warnings = [r for r in results if not r["success"] and r["level"] == "warning"]

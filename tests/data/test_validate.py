@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
 
+from pipeline import offline_html
 from pipeline.errors import StageFailed
 from pipeline.expectations import LEVELS, build_expectations
 from pipeline.params import Params, parse_params
@@ -209,3 +216,62 @@ def test_rerun_replaces_stale_data_docs(paths, manifest):
 
 def test_empty_manifest_fails_without_crashing(paths, manifest):
     _fails_with(paths, manifest.iloc[0:0], "every_split_present")
+
+
+def _site_files(site: Path) -> list[Path]:
+    """The site's own pages and stylesheets (not the vendored packages)."""
+    return sorted(p for p in site.rglob("*") if p.suffix in (".html", ".css")
+                  and "vendor" not in p.relative_to(site).parts)
+
+
+def test_data_docs_load_nothing_from_the_network(paths, manifest):
+    validate.run(Params(), paths)
+    site = paths.validate_dir / "data_docs"
+    files = _site_files(site)
+    assert len([f for f in files if f.suffix == ".html"]) == 3  # index, suite, one validation
+    for file in files:
+        urls = offline_html.resources(file.read_text(), css=file.suffix == ".css")
+        assert [u for u in urls if offline_html.is_external(u)] == [], file
+        for url in filter(offline_html.is_local, urls):  # and every local one is there
+            target = (file.parent / urlsplit(url).path).resolve()
+            assert target.is_file() and site.resolve() in target.parents, (file, url)
+    vendored = {p.name for p in (site / "static" / "vendor").iterdir()}
+    assert {"bootstrap-4.3.1", "jquery-3.7.1", "bootstrap-table-1.19.1", "vega-5.33.1",
+            "fortawesome-fontawesome-free-6.6.0"} <= vendored
+    assert (site / "static" / "vendor" / "jquery-3.7.1" / "LICENSE.txt").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _docs_writing_started(validate_dir: Path) -> bool:
+    """A staging folder holds a file, or (writing in place) the site's index is gone."""
+    staged = any(f.is_file() for d in validate_dir.glob(".data_docs.tmp-*") for f in d.rglob("*"))
+    return staged or not (validate_dir / "data_docs" / "index.html").exists()
+
+
+def test_a_killed_run_leaves_the_previous_data_docs_whole(paths, manifest):
+    validate.run(Params(), paths)
+    docs = paths.validate_dir / "data_docs"
+    before = _snapshot(docs)
+    # The same stage in a forked child, killed with SIGKILL while it writes the site.
+    child = multiprocessing.get_context("fork").Process(target=validate.run,
+                                                        args=(Params(), paths))
+    child.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not _docs_writing_started(paths.validate_dir):
+            assert child.is_alive() and time.monotonic() < deadline, "no site was written"
+            time.sleep(0.01)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert _snapshot(docs) == before
+    # The next run clears the killed run's staging folder and replaces the site.
+    validate.run(Params(), paths)
+    assert sorted(p.name for p in paths.validate_dir.iterdir()) == [
+        "data_docs", "results.json", "stats.json"]
+    assert _snapshot(docs).keys() != before.keys()  # a new validation page
