@@ -4,8 +4,8 @@ table search, in light and dark colour schemes, and the drift stage's Evidently 
 run's site as GX writes it (before pipeline/offline_html.py) is loaded too, and must fail those
 checks, so they can tell a broken page from a working one.
 
-Slow tier (`make test-slow`, which runs `make browser` first): about 40 s, most of it validate
-and the drift stage."""
+Slow tier (`make test-slow`, which runs `make browser` first): 57-90 s on 2 shared cores, most of
+it the drift stage and imports; the browser's own part takes seconds."""
 from __future__ import annotations
 
 import re
