@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import tracking
+from pipeline import text_peer, tracking
 from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.registry.store import MAX_TAG_CHARS, RegistryError
@@ -28,6 +29,7 @@ REPRO_FOLDER = "reproducibility"
 CONTENT_TAG = "model.content_sha256"
 REPRO_PATH_TAG = "repro.artifact_path"
 MISSING = "missing"
+TEXT_PEER_TEST = "text_peer.test."  # version tags of the text peer's test scores
 
 
 def repro_tag(file_name: str) -> str:
@@ -112,7 +114,55 @@ def lineage_tags(params: Params, paths: Paths, params_file: Path | None = None) 
     headline = {k: v for k, v in metrics.get("test", {}).items()
                 if not isinstance(v, (dict, list))}
     tags |= tracking.flatten(headline, "metric.test.")
-    return tags
+    return tags | text_peer_tags(paths)
+
+
+def text_peer_tags(paths: Paths) -> dict[str, str]:
+    """The run's text peer (artifacts/text_peer/metrics.json) as version tags, so the gate
+    judges a version by the registry alone: `text_peer.test.<metric>` (its test scores on the
+    model's test rows), `text_peer.c`, `text_peer.fallback`, `text_peer.gain` (model minus
+    peer). No tags when the stage did not run: the gate then refuses the version."""
+    peer = _read_json(text_peer.metrics_path(paths))
+    if not peer:
+        return {}
+    headline = {k: v for k, v in peer.get("test", {}).items()
+                if not isinstance(v, (dict, list))}
+    return tracking.flatten(headline, TEXT_PEER_TEST) | {
+        "text_peer.c": str(peer.get("c")), "text_peer.fallback": str(peer.get("fallback")),
+        "text_peer.gain": str(peer.get("gain"))}
+
+
+def text_peer_scores(tags: dict[str, str]) -> dict | None:
+    """The text peer's test scores back from a version's tags (an undefined one as NaN), with
+    `samples` as an int; None when the version has none."""
+    scores = {}
+    for key, text in tags.items():
+        if key.startswith(TEXT_PEER_TEST):
+            try:
+                scores[key[len(TEXT_PEER_TEST):]] = float(text)
+            except ValueError:  # "None": undefined on its test rows
+                scores[key[len(TEXT_PEER_TEST):]] = math.nan
+    samples = scores.pop("samples", math.nan)
+    if math.isfinite(samples):
+        scores["samples"] = int(samples)
+    return scores or None
+
+
+def log_text_peer(paths: Paths) -> None:
+    """Log the text peer's scores on the active MLflow run beside evaluate's `eval_*`:
+    `text_peer_{val,test}_<metric>`, `text_peer_gain`, and its metrics.json under text_peer/."""
+    import mlflow
+
+    path = text_peer.metrics_path(paths)
+    peer = _read_json(path)
+    if not peer:
+        return
+    values = {f"text_peer_{split}_{key}": value for split in ("val", "test")
+              for key, value in peer.get(split, {}).items()}
+    values["text_peer_gain"] = peer.get("gain")
+    mlflow.log_metrics({k: float(v) for k, v in values.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.log_artifact(str(path), artifact_path="text_peer")
 
 
 def log_repro_files(paths: Paths, content: str, params_file: Path | None = None) -> str:

@@ -91,6 +91,7 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
                 info = packaging.log_pyfunc(paths.model_dir, params)
                 tags[lineage.REPRO_PATH_TAG] = lineage.log_repro_files(paths, content,
                                                                        params_file)
+                lineage.log_text_peer(paths)  # beside evaluate's eval_* metrics on the run
                 tags["mlflow.source_run_id"] = run.info.run_id
             with registry_lock(client, name):
                 # a concurrent register of the same model may have won while we logged it
@@ -197,7 +198,9 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
                                if seen is not None else None)
             promoted, reasons = decide(params.task, params.registry.gate,
                                        challenger.tags.get("checks.passed") == "true",
-                                       challenger_scores, champion_scores)
+                                       challenger_scores, champion_scores,
+                                       text_peer=lineage.text_peer_scores(challenger.tags),
+                                       test_samples=len(test))
             decision = GateDecision(PROMOTE if promoted else KEEP, name, version, seen, reasons,
                                     challenger_scores, champion_scores or {})
             _record_decision(client, decision)

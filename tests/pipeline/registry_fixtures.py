@@ -18,6 +18,7 @@ import requests
 import webdataset as wds
 from PIL import Image
 
+from pipeline import text_peer as text_peer_files
 from pipeline.model import build_model, save_model
 from pipeline.params import Params, parse_params
 from pipeline.paths import Paths
@@ -72,9 +73,16 @@ def write_test_split(paths: Paths, task: str, oracle_dir: Path, n: int = 24,
         "splits": {"test": {"samples": n, "shards": ["test/shard-000000.tar"]}}}))
 
 
+# A text peer every model beats: tests about the gate's other criteria stay about those.
+BEATEN_PEER = {"auroc": 0.0, "top1": 0.0, "top2": 0.0}
+
+
 def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
-                      metrics: dict | None = None) -> None:
-    """Put a model where `register` looks, with the checks report and metrics it records."""
+                      metrics: dict | None = None,
+                      text_peer: dict | None = BEATEN_PEER) -> None:
+    """Put a model where `register` looks, with the checks report, metrics and text peer test
+    scores (artifacts/text_peer/metrics.json; None: the text_peer stage did not run) it
+    records."""
     if paths.model_dir.exists():
         shutil.rmtree(paths.model_dir)
     shutil.copytree(model_dir, paths.model_dir)
@@ -85,6 +93,11 @@ def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
     paths.evaluate_dir.mkdir(parents=True, exist_ok=True)
     (paths.evaluate_dir / "metrics.json").write_text(json.dumps(
         {"test": metrics or {"auroc": 0.5, "samples": 24}}))
+    peer_file = text_peer_files.metrics_path(paths)
+    peer_file.unlink(missing_ok=True)
+    if text_peer is not None:
+        peer_file.parent.mkdir(parents=True, exist_ok=True)
+        peer_file.write_text(json.dumps({"c": 1.0, "fallback": None, "test": text_peer}))
 
 
 def free_port() -> int:

@@ -6,9 +6,16 @@ import math
 import pytest
 
 from pipeline.params import GateParams
-from pipeline.registry import KEEP, PROMOTE, GateDecision, decide, gate_metrics
+from pipeline.registry import KEEP, PROMOTE, GateDecision, gate_metrics
+from pipeline.registry import decide as decide_with_peer
 
 GATE = GateParams(min_auroc=0.6, min_top1=0.5, min_top2=0.7, regression_tolerance=0.01)
+
+
+def decide(*args):
+    """These tests are about the other criteria: a text peer every challenger beats (the peer's
+    own criterion: tests/unit/test_gate_text_peer.py)."""
+    return decide_with_peer(*args, text_peer={"auroc": 0.0, "top1": 0.0})
 
 
 def failures(reasons):
@@ -36,7 +43,8 @@ def test_failed_checks_block_even_a_strong_model():
 @pytest.mark.parametrize("auroc", [0.6, 0.55, math.nan])
 def test_auroc_must_be_strictly_above_floor(auroc):
     promoted, reasons = decide("hateful_memes", GATE, True, {"auroc": auroc}, None)
-    assert not promoted and len(failures(reasons)) == 1 and "auroc" in failures(reasons)[0]
+    floor = [r for r in failures(reasons) if "text peer" not in r]  # NaN beats no peer either
+    assert not promoted and len(floor) == 1 and "auroc" in floor[0]
 
 
 def test_regression_beyond_tolerance_blocks_within_tolerance_passes():
@@ -67,8 +75,8 @@ def test_seven_classes_regression_on_either_metric_blocks():
 def test_every_criterion_is_reported():
     _, reasons = decide("moderation7", GATE, True, {"top1": 0.7, "top2": 0.9},
                         {"top1": 0.6, "top2": 0.8})
-    # checks + two floors + two regressions
-    assert len(reasons) == 5
+    # checks + two floors + the text peer + two regressions
+    assert len(reasons) == 6
 
 
 def test_equal_scores_follow_the_documented_rule():
