@@ -27,10 +27,16 @@ def dvc_graph(root) -> dict[str, list[str]]:
     """stage -> the stages it reads from, from DVC's own graph (`dvc dag`), not ours."""
     with Repo(str(root)) as repo:
         graph = repo.index.graph
-        stages = {node.addressing: sorted(dep.addressing for dep in graph.successors(node)
-                                          if not dep.addressing.endswith(".dvc"))
+        # DVC addresses a stage relative to the working directory (`../x/dvc.yaml:train` when
+        # the tests run elsewhere); the stage name is what follows the colon.
+        stages = {_name(node): sorted(_name(dep) for dep in graph.successors(node)
+                                      if not dep.addressing.endswith(".dvc"))
                   for node in graph.nodes if not node.addressing.endswith(".dvc")}
     return stages
+
+
+def _name(node) -> str:
+    return node.addressing.rsplit(":", 1)[-1]
 
 
 def _upstream(tasks: dict, task_id: str) -> list[str]:
