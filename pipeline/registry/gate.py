@@ -33,6 +33,11 @@ class GateDecision:
     reasons: list[str]
     challenger_metrics: dict = field(default_factory=dict)
     champion_metrics: dict = field(default_factory=dict)
+    # Which gate run decided: also tags of the challenger (`gate.decision_id`,
+    # `gate.evaluated_at`), so a decision file applies only while no later gate run has replaced
+    # it. None when nothing was recorded (the challenger already is champion).
+    decision_id: str | None = None
+    evaluated_at: str | None = None
 
     @property
     def promoted(self) -> bool:
@@ -42,7 +47,8 @@ class GateDecision:
         return {"decision": self.decision, "name": self.name, "challenger": self.challenger,
                 "champion_seen": self.champion_seen, "reasons": self.reasons,
                 "challenger_metrics": self.challenger_metrics,
-                "champion_metrics": self.champion_metrics}
+                "champion_metrics": self.champion_metrics,
+                "decision_id": self.decision_id, "evaluated_at": self.evaluated_at}
 
     @classmethod
     def from_dict(cls, data: dict) -> "GateDecision":
@@ -54,7 +60,8 @@ class GateDecision:
         return cls(data["decision"], str(data["name"]), str(data["challenger"]),
                    None if seen is None else str(seen), list(data["reasons"]),
                    dict(data.get("challenger_metrics") or {}),
-                   dict(data.get("champion_metrics") or {}))
+                   dict(data.get("champion_metrics") or {}),
+                   data.get("decision_id"), data.get("evaluated_at"))
 
 
 def gate_metrics(task: str) -> tuple[str, ...]:

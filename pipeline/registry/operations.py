@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -159,11 +160,17 @@ def _rolled_back_reason(version) -> str | None:
             "it is promoted again only when asked explicitly (--allow-rolled-back)")
 
 
+def _gate_run() -> dict:
+    """The id and time of one gate run, for its decision and the challenger's tags."""
+    return {"decision_id": uuid.uuid4().hex, "evaluated_at": _now()}
+
+
 def _record_decision(client, decision: GateDecision) -> None:
     tags = {"gate.decision": decision.decision,
             "gate.reasons": " | ".join(decision.reasons)[:MAX_TAG_CHARS],
             "gate.champion_version": decision.champion_seen or "none",
-            "gate.evaluated_at": _now()}
+            "gate.decision_id": decision.decision_id,
+            "gate.evaluated_at": decision.evaluated_at}
     tags |= {f"gate.challenger.{k}": fmt(v) for k, v in decision.challenger_metrics.items()}
     tags |= {f"gate.champion.{k}": fmt(v) for k, v in decision.champion_metrics.items()}
     for key, value in tags.items():
@@ -189,7 +196,7 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
                                     [f"PASS: version {version} is already champion, "
                                      "nothing to move"])
         elif refusal:
-            decision = GateDecision(KEEP, name, version, seen, [refusal])
+            decision = GateDecision(KEEP, name, version, seen, [refusal], **_gate_run())
             _record_decision(client, decision)
         else:
             test = gate_test_frame(paths)
@@ -202,7 +209,7 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
                                        text_peer=lineage.text_peer_scores(challenger.tags),
                                        test_samples=len(test))
             decision = GateDecision(PROMOTE if promoted else KEEP, name, version, seen, reasons,
-                                    challenger_scores, champion_scores or {})
+                                    challenger_scores, champion_scores or {}, **_gate_run())
             _record_decision(client, decision)
     print_decision(decision)
     return decision
@@ -218,6 +225,25 @@ def print_decision(decision: GateDecision) -> None:
 
 
 # ---------------------------------------------------------------- promote
+
+def _stale_reason(challenger, decision: GateDecision) -> str | None:
+    """Why `decision` is not the challenger's latest gate run (its `gate.*` tags), or None. A
+    later run (other thresholds, other test data, a rolled-back mark) may have said keep."""
+    if not decision.decision_id:
+        return ("the decision carries no decision_id (written by an older gate), so it cannot "
+                f"be matched to version {decision.challenger}'s latest gate run")
+    tags = challenger.tags
+    latest = (tags.get("gate.decision_id"), tags.get("gate.evaluated_at"),
+              tags.get("gate.decision"), tags.get("gate.champion_version"))
+    if latest == (decision.decision_id, decision.evaluated_at, decision.decision,
+                  decision.champion_seen or "none"):
+        return None
+    return (f"the decision is stale: version {decision.challenger}'s latest gate run "
+            f"(id {latest[0] or 'none'} at {latest[1] or 'never'}) said {latest[2] or 'nothing'} "
+            f"against champion {latest[3] or 'none'}; this decision (id "
+            f"{decision.decision_id} at {decision.evaluated_at}) says {decision.decision} "
+            f"against {decision.champion_seen or 'none'}")
+
 
 def apply_decision(params: Params, paths: Paths, decision: GateDecision,
                    allow_rolled_back: bool = False) -> dict:
@@ -243,6 +269,9 @@ def apply_decision(params: Params, paths: Paths, decision: GateDecision,
         challenger = version_or_none(client, name, target)
         if challenger is None:
             raise RegistryError(f"refused: {name} has no version {target}; nothing moved")
+        stale = _stale_reason(challenger, decision)
+        if stale:
+            raise RegistryError(f"refused: {stale}; nothing moved (run the gate again)")
         refusal = _rolled_back_reason(challenger)
         if refusal and not allow_rolled_back:
             raise RegistryError(f"refused: {refusal[len('FAIL: '):]}; nothing moved")

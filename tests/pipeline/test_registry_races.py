@@ -43,8 +43,13 @@ def aliases(client, name):
     return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
 
 
-def decision(name, challenger, seen):
-    return registry.GateDecision("promote", name, challenger, seen, ["PASS: test decision"])
+def decision(client, name, challenger, seen):
+    """A promote decision for `challenger`, recorded on it as `mmguard gate` records one (a
+    decision is applied only while it is the version's latest gate run)."""
+    made = registry.GateDecision("promote", name, challenger, seen, ["PASS: test decision"],
+                                 **operations._gate_run())
+    operations._record_decision(client, made)
+    return made
 
 
 @pytest.fixture
@@ -84,10 +89,10 @@ def two_promotions(params, root, name):
     """Champion v1; gate decisions for v2 and v3 both scored against v1, applied at once."""
     client = client_of(params)
     v1, v2, v3 = bare_versions(client, name, 3)
-    registry.apply_decision(params, Paths(root), decision(name, v1, None))
+    registry.apply_decision(params, Paths(root), decision(client, name, v1, None))
     outcomes = run_together(
-        lambda: registry.apply_decision(params, Paths(root), decision(name, v2, v1)),
-        lambda: registry.apply_decision(params, Paths(root), decision(name, v3, v1)))
+        lambda: registry.apply_decision(params, Paths(root), decision(client, name, v2, v1)),
+        lambda: registry.apply_decision(params, Paths(root), decision(client, name, v3, v1)))
     return client, (v1, v2, v3), outcomes
 
 
@@ -128,8 +133,8 @@ def replaced_champion(root, name):
     params, paths = named_params(root, name), Paths(root)
     client = client_of(params)
     v1, v2, v3 = bare_versions(client, name, 3)
-    registry.apply_decision(params, paths, decision(name, v1, None))
-    registry.apply_decision(params, paths, decision(name, v2, v1))
+    registry.apply_decision(params, paths, decision(client, name, v1, None))
+    registry.apply_decision(params, paths, decision(client, name, v2, v1))
     return params, paths, client, (v1, v2, v3)
 
 
@@ -141,7 +146,7 @@ def test_promote_during_rollback_serialises(root):
     params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     back, promoted = run_together(lambda: registry.rollback(params, paths),
                                   lambda: registry.apply_decision(params, paths,
-                                                                  decision(name, v3, v2)))
+                                                                  decision(client, name, v3, v2)))
     assert isinstance(back, dict), back
     tags = {v: client.get_model_version(name, v).tags for v in (v2, v3)}
     if isinstance(promoted, registry.RegistryError):  # rollback first, promotion refused
@@ -161,12 +166,12 @@ def test_a_decision_is_refused_after_a_rollback_moved_the_champion(root):
     params, paths, client, (v1, v2, v3) = replaced_champion(root, name)
     registry.rollback(params, paths)
     with pytest.raises(registry.RegistryError, match=f"is {v1} now.*against {v2}; nothing moved"):
-        registry.apply_decision(params, paths, decision(name, v3, v2))
+        registry.apply_decision(params, paths, decision(client, name, v3, v2))
     assert aliases(client, name) == {"champion": v1}
     # a decision for the rolled-back version is refused too, even when its champion matches
     with pytest.raises(registry.RegistryError, match="was rolled back"):
-        registry.apply_decision(params, paths, decision(name, v2, v1))
-    assert registry.apply_decision(params, paths, decision(name, v2, v1),
+        registry.apply_decision(params, paths, decision(client, name, v2, v1))
+    assert registry.apply_decision(params, paths, decision(client, name, v2, v1),
                                    allow_rolled_back=True)["champion"] == v2
 
 
@@ -198,13 +203,13 @@ def test_two_promote_processes_at_once(root):
     params = named_params(root, name)
     client = client_of(params)
     v1, v2, v3 = bare_versions(client, name, 3)
-    registry.apply_decision(params, Paths(root), decision(name, v1, None))
+    registry.apply_decision(params, Paths(root), decision(client, name, v1, None))
     params_file = root / f"{name}.yaml"
     params_file.write_text(json.dumps(params.model_dump(mode="json", by_alias=True)))
     files = []
     for version in (v2, v3):
         files.append(root / f"{name}-{version}.json")
-        files[-1].write_text(json.dumps(decision(name, version, v1).to_dict()))
+        files[-1].write_text(json.dumps(decision(client, name, version, v1).to_dict()))
     processes = [mmguard("promote", "--decision", str(f), "--params", str(params_file),
                          "--root", str(root), cwd=root) for f in files]
     results = [(p.wait(timeout=300), *p.communicate()) for p in processes]
