@@ -19,7 +19,7 @@ def _read_json(path: Path) -> dict:
 def _fetch_line(source: str, fetched: dict, record: Path, shown: int = 5) -> str:
     """What fetch copied from a source's folder and what it skipped (links leading out, FIFOs,
     devices, sockets), naming the first few skipped entries; the record names them all."""
-    line = f"  fetch {source:<12} {fetched.get('files_copied')} files"
+    line = f"  fetch {source:<13} {fetched.get('files_copied')} files copied"
     skipped = fetched.get("skipped_entries", [])
     if skipped:
         names = ", ".join(entry["path"] for entry in skipped[:shown])
