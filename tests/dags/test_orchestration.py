@@ -16,10 +16,13 @@ from tests.dags.airflow_child import REPO
 
 def test_inputs_to_pull_are_the_dvc_managed_deps_only():
     assert dvc_graph.inputs_to_pull(REPO, "ingest") == ["data"]  # data.dvc, not the code deps
-    assert dvc_graph.inputs_to_pull(REPO, "train") == ["artifacts/shards"]
+    # the embed stage's feature cache travels like the shards
+    assert set(dvc_graph.inputs_to_pull(REPO, "train")) == {"artifacts/embeddings",
+                                                             "artifacts/shards"}
     # mlflow_run.json is cached so evaluate on another worker can pull it
     assert set(dvc_graph.inputs_to_pull(REPO, "evaluate")) == {
-        "artifacts/shards", "artifacts/model", "artifacts/train/mlflow_run.json"}
+        "artifacts/embeddings", "artifacts/shards", "artifacts/model",
+        "artifacts/train/mlflow_run.json"}
 
 
 def test_foreach_stages_are_refused_clearly(tmp_path):
