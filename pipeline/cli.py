@@ -51,6 +51,8 @@ def _stage_run(stage: str):
         from pipeline.stages.validate import run
     elif stage == "shard":
         from pipeline.stages.shard import run
+    elif stage == "embed":
+        from pipeline.stages.embed import run
     elif stage == "train":
         from pipeline.stages.train import run
     elif stage == "evaluate":
@@ -77,6 +79,7 @@ for _stage, _doc in (
     ("dedupe", "Drop exact and near duplicates, quarantine conflicting labels, stop split leaks."),
     ("validate", "Run the Great Expectations suite over the manifest and its images."),
     ("shard", "Write WebDataset tar shards per split (per class for train)."),
+    ("embed", "Run frozen pretrained towers once over every item (the embedding cache)."),
     ("train", "Train the CLIP + LoRA + fusion-head model and track it in MLflow."),
     ("evaluate", "Score the model on the test split; metrics, predictions and plots."),
     ("checks", "Check the predictions; fail on any error-level check."),
