@@ -26,6 +26,30 @@ MANIFEST = pa.schema([
     ("label_name", pa.string()), ("valid_pair", pa.bool_()),
 ], metadata={"contract": "manifest"})
 
+# Optional manifest columns, after the others when present: how a source groups its items
+# (synthetic: `group`, whether the caption targets a group of people; `confounder`, the item's
+# place in a Hateful Memes style confounder set). A source that knows nothing of the kind leaves
+# them out, so `require` never asks for them; evaluate reports each as a slice and the gate
+# checks it for regressions.
+GROUPING_COLUMNS = ("group", "confounder")
+OPTIONAL_MANIFEST_FIELDS = {"group": pa.string(), "confounder": pa.string()}
+
+
+def manifest_schema(optional: tuple[str, ...] | list[str] = ()) -> pa.Schema:
+    """MANIFEST with the named optional columns appended (in OPTIONAL_MANIFEST_FIELDS order)."""
+    schema = MANIFEST
+    for name, dtype in OPTIONAL_MANIFEST_FIELDS.items():
+        if name in optional:
+            schema = schema.append(pa.field(name, dtype))
+    return schema.with_metadata(MANIFEST.metadata)
+
+
+def parquet_columns(path: Path | str) -> list[str]:
+    """A parquet file's column names, from its footer (no rows read)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
 QUARANTINE = pa.schema([
     ("id", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
     ("split", pa.string()), ("stage", pa.string()), ("reason", pa.string()),

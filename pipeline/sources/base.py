@@ -35,6 +35,9 @@ class RawRecord:
     problem: str | None = None
     # The folder `image_path` must lie inside (the source's folder); None: the project's data/.
     image_root: Path | None = None
+    # Optional grouping columns the source provides (contracts.GROUPING_COLUMNS), e.g.
+    # {"group": "targets_group"}: kept in the manifest, reported and checked as slices.
+    groups: dict[str, str] | None = None
 
 
 def canonical_split(name: str) -> str | None:

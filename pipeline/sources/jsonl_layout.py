@@ -3,13 +3,20 @@ layout, also what the synthetic source writes).
 
 Every line becomes exactly one RawRecord; a line that cannot be parsed becomes a record with
 `problem` set, so ingest can quarantine it and count it.
+
+Optional keys named in contracts.GROUPING_COLUMNS (`group`, `confounder`) become the record's
+`groups`: a string of 1 to MAX_GROUP_CHARS characters after stripping; anything else
+(a number, an empty or overlong string) is quarantined as `invalid_group`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline.contracts import GROUPING_COLUMNS
 from pipeline.sources.base import RawRecord, canonical_split, loads_json
+
+MAX_GROUP_CHARS = 64
 
 
 def split_files(root: Path) -> list[tuple[Path, str]]:
@@ -61,6 +68,16 @@ def _parse_line(raw_line: bytes, fallback_id: str, root: Path, source: str, task
         return broken(f"malformed_json: expected an object, got {type(item).__name__}")
     if item.get("id") in (None, ""):
         return broken("missing_id: line has no id")
+    groups = {}
+    for column in GROUPING_COLUMNS:
+        value = item.get(column)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_GROUP_CHARS:
+            return broken(f"invalid_group: {column} must be a string of 1 to "
+                          f"{MAX_GROUP_CHARS} characters, got {type(value).__name__} "
+                          f"{str(value)[:40]!r}")
+        groups[column] = value.strip()
     image = item.get("img")
     image_path = root / str(image) if image not in (None, "") else None
     return RawRecord(
@@ -72,4 +89,5 @@ def _parse_line(raw_line: bytes, fallback_id: str, root: Path, source: str, task
         raw_label=item.get("label"),
         task=task,
         image_root=root,
+        groups=groups or None,
     )

@@ -150,7 +150,7 @@ def _examine(record: RawRecord, settings: _Settings) -> Outcome:
         "image_sha256": stored.sha256, "width": stored.width, "height": stored.height,
         "phash": stored.phash, "text": cleaned.text, "label": label, "label_name": label_name,
         "valid_pair": taxonomy.is_valid_pair(settings.task, label),
-    }
+    } | (record.groups or {})
     return outcome
 
 
@@ -263,8 +263,10 @@ def ingest_records(records: Iterable[RawRecord], params: Params, paths: Paths,
     outcomes = examine_all(counted, settings, workers)
     resolve_repeated_ids(outcomes)
 
-    _write_table([o.row for o in outcomes if o.row is not None], MANIFEST_SCHEMA,
-                 paths.ingest_manifest)
+    kept = [o.row for o in outcomes if o.row is not None]
+    # a grouping column is written when some source gave it (null for the others' rows)
+    grouping = [c for c in contracts.GROUPING_COLUMNS if any(r.get(c) is not None for r in kept)]
+    _write_table(kept, contracts.manifest_schema(grouping), paths.ingest_manifest)
     _write_table([o.quarantine_row() for o in outcomes if o.row is None], QUARANTINE_SCHEMA,
                  paths.ingest_quarantine)
     _check_conservation(counted.count, paths)

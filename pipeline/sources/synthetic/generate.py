@@ -270,8 +270,19 @@ def plant_defects(params: Params, task: str, items: list[SyntheticItem]) -> list
 
 
 # --- files -------------------------------------------------------------------------------------
-def _line(item_id: str, img: str, text: str, label: str) -> str:
-    return json.dumps({"id": item_id, "img": img, "label": label, "text": text}, sort_keys=True)
+def item_groups(item: SyntheticItem) -> dict[str, str]:
+    """The grouping columns a line carries (contracts.GROUPING_COLUMNS): `group`, whether the
+    caption targets a group of people; hateful_memes also `confounder`, the item's role in its
+    confounder set (hateful, text_confounder, image_confounder, benign)."""
+    found = {"group": "targets_group" if item.group_target else "no_group_target"}
+    if item.task == "hateful_memes":
+        found["confounder"] = item.role
+    return found
+
+
+def _line(item_id: str, img: str, text: str, label: str, groups: dict[str, str]) -> str:
+    return json.dumps({"id": item_id, "img": img, "label": label, "text": text, **groups},
+                      sort_keys=True)
 
 
 def write_task(folder: Path, params: Params, task: str) -> dict:
@@ -281,13 +292,15 @@ def write_task(folder: Path, params: Params, task: str) -> dict:
     (folder / "img").mkdir(parents=True)
     rendered: dict[ImageSpec, bytes] = {}  # image confounders share their spec: render once
     by_id: dict[str, bytes] = {}
+    groups = {item.id: item_groups(item) for item in items}  # defects carry their source's
     lines: dict[str, list[str]] = {split: [] for split in SPLITS}
     for item in items:
         if item.image not in rendered:
             rendered[item.image] = encode_image(render_image(item.image), item.image.fmt)
         by_id[item.id] = rendered[item.image]
         (folder / item.img).write_bytes(by_id[item.id])
-        lines[item.split].append(_line(item.id, item.img, item.text, item.label))
+        lines[item.split].append(_line(item.id, item.img, item.text, item.label,
+                                       groups[item.id]))
     for defect in defects:
         original = by_id[defect.source_item]
         if defect.kind == "exact_duplicate":
@@ -298,7 +311,8 @@ def write_task(folder: Path, params: Params, task: str) -> dict:
             payload = _broken_bytes(defect.kind, original)
         if payload is not None:
             (folder / defect.img).write_bytes(payload)
-        lines[defect.split].append(_line(defect.id, defect.img, defect.text, defect.label))
+        lines[defect.split].append(_line(defect.id, defect.img, defect.text, defect.label,
+                                         groups[defect.source_item]))
     for split, split_lines in lines.items():
         (folder / f"{split}.jsonl").write_text("".join(f"{line}\n" for line in sorted(split_lines)))
     planted = {"task": task, "clean_items": len(items),
