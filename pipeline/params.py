@@ -213,6 +213,30 @@ class EvaluateParams(Section):
     threshold_rule: Literal["youden", "f1", "fixed"] = "youden"
     fixed_threshold: float = Field(0.5, ge=0, le=1)
     batch_size: int = Field(128, ge=1)
+    # Binary task: operating points. For each false-positive rate the threshold with the most
+    # recall whose val FPR is at most it, applied unchanged to test; the served model carries
+    # the primary one's threshold (null: the first target). pipeline/stages/evaluate.py.
+    fpr_targets: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field((0.01, 0.05),
+                                                                          min_length=1)
+    primary_fpr: float | None = Field(0.05, gt=0, lt=1)
+    # Temperature scaling fitted on val (pipeline/calibration.py); the served model applies it.
+    calibration: Literal["temperature", "none"] = "temperature"
+    # Test-set intervals (percentile bootstrap, resampled within each class), level 1 - alpha.
+    bootstrap_resamples: int = Field(2000, ge=100)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _primary_is_a_target(self) -> "EvaluateParams":
+        if self.primary_fpr is not None and not any(
+                abs(self.primary_fpr - t) < 1e-12 for t in self.fpr_targets):
+            raise ValueError(f"primary_fpr {self.primary_fpr} is not one of fpr_targets "
+                             f"{list(self.fpr_targets)}")
+        return self
+
+    @property
+    def primary(self) -> float:
+        return self.fpr_targets[0] if self.primary_fpr is None else self.primary_fpr
 
 
 class ChecksParams(Section):

@@ -11,7 +11,9 @@ CSV files (one row per point):
 - confusion.csv    actual, predicted               (class names; DVC's confusion template)
 - calibration.csv  bin, mean_confidence, observed_frequency, count
   (binary: positive-class probability vs share of positives; multi-class: top-label confidence
-  vs accuracy)
+  vs accuracy). These are the probabilities in the frame, which evaluate has temperature-scaled
+  (what the served model returns); calibration.png also draws the bins before scaling when
+  they are given (`uncalibrated`, pipeline/calibration.py `reliability_bins`).
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
-from pipeline import atomic
+from pipeline import atomic, calibration
 from pipeline.prediction_checks import probability_column
 
-CALIBRATION_BINS = 10
+CALIBRATION_BINS = calibration.CALIBRATION_BINS
 
 
 def _one_vs_rest(labels: np.ndarray, probs: np.ndarray, class_names) -> list[tuple]:
@@ -62,21 +64,12 @@ def pr_points(labels, probs, class_names) -> pd.DataFrame:
         columns=["class", "recall", "precision", "threshold"])
 
 
+CALIBRATION_COLUMNS = ["bin", "mean_confidence", "observed_frequency", "count"]
+
+
 def calibration_points(labels, probs, bins: int = CALIBRATION_BINS) -> pd.DataFrame:
-    if probs.shape[1] == 2:
-        confidence, hit = probs[:, 1], (labels == 1)
-    else:
-        confidence, hit = probs.max(axis=1), (probs.argmax(axis=1) == labels)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            rows.append({"bin": b, "mean_confidence": float(confidence[inside].mean()),
-                         "observed_frequency": float(hit[inside].mean()),
-                         "count": int(inside.sum())})
-    return pd.DataFrame(rows, columns=["bin", "mean_confidence", "observed_frequency", "count"])
+    return pd.DataFrame(calibration.reliability_bins(labels, probs, bins),
+                        columns=CALIBRATION_COLUMNS)
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -116,45 +109,56 @@ def _confusion_png(matrix: np.ndarray, class_names, path: Path) -> None:
     _save(figure, path)
 
 
-def _calibration_png(points: pd.DataFrame, path: Path) -> None:
+def _calibration_png(points: pd.DataFrame, path: Path,
+                     uncalibrated: pd.DataFrame | None = None) -> None:
     figure = Figure(figsize=(5, 5))
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
-    axes.plot(points["mean_confidence"], points["observed_frequency"], marker="o", label="model")
+    if uncalibrated is not None and len(uncalibrated):
+        axes.plot(uncalibrated["mean_confidence"], uncalibrated["observed_frequency"],
+                  marker="x", linestyle=":", color="tab:orange", label="before scaling")
+    axes.plot(points["mean_confidence"], points["observed_frequency"], marker="o",
+              color="tab:blue",
+              label="temperature-scaled" if uncalibrated is not None else "model")
     axes.set(xlabel="mean predicted confidence", ylabel="observed frequency",
              title="calibration", xlim=(0, 1), ylim=(0, 1))
     axes.legend(fontsize=7, loc="upper left")
     _save(figure, path)
 
 
-def write_plots(frame: pd.DataFrame, class_names, out_dir: Path) -> list[Path]:
+def write_plots(frame: pd.DataFrame, class_names, out_dir: Path,
+                uncalibrated: list[dict] | None = None) -> list[Path]:
     """Write the four plots (PNG + CSV) for one predictions frame; returns the files written.
+    `uncalibrated`: the reliability bins before temperature scaling, drawn beside the frame's.
 
     They are drawn into a staging folder that replaces `out_dir` whole, so a plot that fails (or
     a killed stage) leaves the previous folder as it was, never a mix of old and new files."""
     with atomic.directory(out_dir) as staging:
-        names = _draw_all(frame, class_names, staging)
+        names = _draw_all(frame, class_names, staging, uncalibrated)
     return [out_dir / name for name in names]
 
 
-def _draw_all(frame: pd.DataFrame, class_names, out_dir: Path) -> list[str]:
+def _draw_all(frame: pd.DataFrame, class_names, out_dir: Path,
+              uncalibrated: list[dict] | None = None) -> list[str]:
     labels = frame["label"].to_numpy(dtype=int)
     probs = frame[[probability_column(n) for n in class_names]].to_numpy(dtype=float)
     predicted = frame["prediction"].to_numpy(dtype=int)
 
     roc, pr = roc_points(labels, probs, class_names), pr_points(labels, probs, class_names)
-    calibration = calibration_points(labels, probs)
+    calibration_table = calibration_points(labels, probs)
     names = np.asarray(class_names, dtype=object)
     confusion = pd.DataFrame({"actual": names[labels], "predicted": names[predicted]})
     matrix = confusion_matrix(labels, predicted, labels=list(range(len(class_names))))
 
     written = []
     for name, table in (("roc", roc), ("pr", pr), ("confusion", confusion),
-                        ("calibration", calibration)):
+                        ("calibration", calibration_table)):
         table.to_csv(out_dir / f"{name}.csv", index=False)
         written.append(f"{name}.csv")
     _curve_png(roc, "fpr", "tpr", "ROC", out_dir / "roc.png", diagonal=True)
     _curve_png(pr, "recall", "precision", "precision-recall", out_dir / "pr.png", diagonal=False)
     _confusion_png(matrix, class_names, out_dir / "confusion.png")
-    _calibration_png(calibration, out_dir / "calibration.png")
+    before = (None if uncalibrated is None
+              else pd.DataFrame(uncalibrated, columns=CALIBRATION_COLUMNS))
+    _calibration_png(calibration_table, out_dir / "calibration.png", before)
     return written + [f"{name}.png" for name in ("roc", "pr", "confusion", "calibration")]

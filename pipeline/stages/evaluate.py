@@ -3,6 +3,13 @@
 Binary task: the decision threshold is chosen on VAL (params.evaluate.threshold_rule) and then
 applied unchanged to test, so test numbers are not tuned on test. Seven classes: argmax.
 
+Calibration: a temperature is fitted on val (pipeline/calibration.py) and applied to val and
+test, so `prob_*` in predictions.parquet are the probabilities the served model returns; the
+expected calibration error before and after is in metrics.json `calibration`. Binary operating
+points: per `evaluate.fpr_targets`, the threshold chosen on (calibrated) val at that FPR, with
+test recall and FPR and their bootstrap intervals (pipeline/operating_points.py); the primary
+one's threshold is what the served model flags with.
+
 Writes artifacts/evaluate/{metrics.json, predictions.parquet, stats.json, plots/} and logs the
 metrics and plots to the training MLflow run named in artifacts/train/mlflow_run.json.
 """
@@ -17,7 +24,8 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipeline import atomic, metrics, plots
+from pipeline import atomic, calibration, metrics, operating_points, plots
+from pipeline import contracts
 from pipeline.contracts import ShardIndex
 from pipeline.errors import StageFailed
 from pipeline.model import load_model
@@ -122,15 +130,70 @@ def frame_metrics(frame: pd.DataFrame, names, threshold: float | None) -> dict:
     return result
 
 
-def all_metrics(predictions: pd.DataFrame, names, threshold: float | None) -> dict:
-    """Overall metrics per split, then per source inside each split."""
+def all_metrics(predictions: pd.DataFrame, names, threshold: float | None,
+                groups: pd.DataFrame | None = None) -> dict:
+    """Overall metrics per split, then per source inside each split, and per value of each
+    grouping column (`by_<column>`) when `groups` (id + columns) is given."""
+    if groups is not None:
+        predictions = predictions.merge(groups, on="id", how="left")
     out: dict = {}
     for split in EVAL_SPLITS:
         part = predictions[predictions["split"] == split]
         out[split] = frame_metrics(part, names, threshold)
         out[split]["by_source"] = {source: frame_metrics(group, names, threshold)
                                    for source, group in part.groupby("source", sort=True)}
+        for column in ([] if groups is None else groups.columns.drop("id")):
+            out[split][f"by_{column}"] = {
+                str(value): frame_metrics(group, names, threshold)
+                for value, group in part.groupby(part[column].fillna("(none)"), sort=True)}
     return out
+
+
+def with_probs(frame: pd.DataFrame, names, probs: np.ndarray) -> pd.DataFrame:
+    frame = frame.copy()
+    for k, name in enumerate(names):
+        frame[probability_column(name)] = probs[:, k].astype(np.float64)
+    return frame
+
+
+def _probs(frame: pd.DataFrame, names) -> np.ndarray:
+    return frame[[probability_column(n) for n in names]].to_numpy(dtype=np.float64)
+
+
+def calibrate(scored: dict[str, pd.DataFrame], names, settings: EvaluateParams
+              ) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Fit the temperature on val, apply it to every split; (calibrated frames, the
+    `calibration` block of metrics.json: temperature, ECE before/after per split, and the test
+    reliability bins before and after)."""
+    val = scored["val"]
+    if settings.calibration == "temperature":
+        fitted = calibration.fit_temperature(val["label"].to_numpy(), _probs(val, names))
+    else:
+        before = calibration.nll(val["label"].to_numpy(), _probs(val, names))
+        fitted = calibration.Temperature(1.0, False, "evaluate.calibration is none", before,
+                                         before)
+    out, block = {}, {"method": settings.calibration, **fitted.to_dict()}
+    for split, frame in scored.items():
+        labels, raw = frame["label"].to_numpy(), _probs(frame, names)
+        scaled = calibration.scale(raw, fitted.value)
+        out[split] = with_probs(frame, names, scaled)
+        block[f"{split}_ece_before"] = calibration.ece(labels, raw)
+        block[f"{split}_ece_after"] = calibration.ece(labels, scaled)
+        if split == "test":
+            block["test_bins_before"] = calibration.reliability_bins(labels, raw)
+    return out, block
+
+
+def slice_columns(paths: Paths) -> pd.DataFrame | None:
+    """id + the grouping columns the clean manifest carries (contracts.GROUPING_COLUMNS), or
+    None when it has none (or is absent, e.g. a test project with shards alone)."""
+    if not paths.manifest.exists():
+        return None
+    present = [c for c in contracts.GROUPING_COLUMNS
+               if c in contracts.parquet_columns(paths.manifest)]
+    if not present:
+        return None
+    return pd.read_parquet(paths.manifest, columns=["id", *present])
 
 
 # ---------------------------------------------------------------- MLflow
@@ -146,6 +209,32 @@ def _scalars(data: dict, prefix: str) -> dict[str, float]:
     return flat
 
 
+def _calibration_and_operating_metrics(result: dict) -> dict[str, float]:
+    """eval_temperature, eval_{val,test}_ece_{before,after}, and per FPR target
+    eval_{val,test}_{recall,fpr}_at_fpr_<target> (+ the test interval's bounds)."""
+    found = {}
+    block = result.get("calibration", {})
+    for key in ("temperature", "val_ece_before", "val_ece_after", "test_ece_before",
+                "test_ece_after"):
+        if isinstance(block.get(key), (int, float)):
+            found[f"eval_{key}"] = float(block[key])
+    for point in result.get("operating_points", {}).get("points", []):
+        tag = f"at_fpr_{point['fpr_target']:g}"
+        if point.get("threshold") is not None:
+            found[f"eval_threshold_{tag}"] = float(point["threshold"])
+        for split in ("val", "test"):
+            for rate in ("recall", "fpr"):
+                value = point.get(split, {}).get(rate)
+                if isinstance(value, (int, float)):
+                    found[f"eval_{split}_{rate}_{tag}"] = float(value)
+        for rate in ("recall", "fpr"):
+            interval = point.get("test", {}).get(f"{rate}_interval") or {}
+            for side in ("lower", "upper"):
+                if isinstance(interval.get(side), (int, float)):
+                    found[f"eval_test_{rate}_{tag}_{side}"] = float(interval[side])
+    return found
+
+
 def log_to_training_run(paths: Paths, result: dict, plots_dir: Path) -> str:
     """Add evaluation metrics and plots to the training run; returns what happened."""
     run_file = paths.train_dir / "mlflow_run.json"
@@ -159,9 +248,10 @@ def log_to_training_run(paths: Paths, result: dict, plots_dir: Path) -> str:
         client = MlflowClient(tracking_uri=info["tracking_uri"])
         run_id = info["run_id"]
         metrics_to_log = {k: v for k, v in _scalars(
-            {"test": {k: v for k, v in result["test"].items() if k != "by_source"},
-             "val": {k: v for k, v in result["val"].items() if k != "by_source"}},
+            {"test": {k: v for k, v in result["test"].items() if not k.startswith("by_")},
+             "val": {k: v for k, v in result["val"].items() if not k.startswith("by_")}},
             "eval").items()}
+        metrics_to_log |= _calibration_and_operating_metrics(result)
         for key, value in metrics_to_log.items():
             client.log_metric(run_id, key, value)
         client.log_artifacts(run_id, str(plots_dir), "evaluate/plots")
@@ -201,24 +291,33 @@ def run(params: Params, paths: Paths) -> dict:
         if scored[split].empty:
             raise StageFailed(f"no decodable {split} samples ({len(skipped[split])} skipped)")
 
-    threshold, rule = None, "argmax"
+    scored, calibration_block = calibrate(scored, names, params.evaluate)
+    threshold, rule, operating = None, "argmax", None
     if len(names) == 2:
-        val = scored["val"]
-        threshold, rule = choose_threshold(val["label"].to_numpy(),
-                                           val[probability_column(names[1])].to_numpy(),
+        val, test = scored["val"], scored["test"]
+        positive = probability_column(names[1])
+        threshold, rule = choose_threshold(val["label"].to_numpy(), val[positive].to_numpy(),
                                            params.evaluate)
+        settings = params.evaluate
+        operating = operating_points.operating_points(
+            settings.fpr_targets, settings.primary, val["label"].to_numpy(),
+            val[positive].to_numpy(), test["label"].to_numpy(), test[positive].to_numpy(),
+            resamples=settings.bootstrap_resamples, alpha=settings.alpha, seed=settings.seed)
     predictions = pd.concat([add_predictions(scored[s], names, threshold) for s in EVAL_SPLITS],
                             ignore_index=True)
-    result = all_metrics(predictions, names, threshold)
+    result = all_metrics(predictions, names, threshold, slice_columns(paths))
     result = {"task": params.task, "decision": {"rule": rule, "threshold": threshold},
-              **result}
+              **result, "calibration": calibration_block}
+    if operating is not None:
+        result["operating_points"] = operating
 
     paths.evaluate_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_with(paths.predictions, lambda tmp: predictions.to_parquet(tmp, index=False))
     atomic.write_text(paths.evaluate_dir / "metrics.json",
                       json.dumps(_json_safe(result), indent=2))
     plots_dir = paths.evaluate_dir / "plots"
-    plots.write_plots(predictions[predictions["split"] == "test"], names, plots_dir)
+    plots.write_plots(predictions[predictions["split"] == "test"], names, plots_dir,
+                      uncalibrated=calibration_block["test_bins_before"])
     mlflow_status = log_to_training_run(paths, _json_safe(result), plots_dir)
 
     index = ShardIndex.from_dict(sizes)
@@ -235,5 +334,14 @@ def run(params: Params, paths: Paths) -> dict:
              "embedding_cache": model.cache_report()}
     headline = ("auroc",) if threshold is not None else ("top1", "top2")
     stats["test"] = {k: result["test"].get(k) for k in headline}
+    stats["temperature"] = calibration_block["temperature"]
+    stats["test_ece"] = {"before": calibration_block["test_ece_before"],
+                         "after": calibration_block["test_ece_after"]}
+    if operating is not None:
+        point = operating_points.primary_point(operating) or {}
+        stats["primary_operating_point"] = {
+            "fpr_target": point.get("fpr_target"), "threshold": point.get("threshold"),
+            "test_recall": point.get("test", {}).get("recall"),
+            "test_fpr": point.get("test", {}).get("fpr")}
     atomic.write_text(paths.stats("evaluate"), json.dumps(_json_safe(stats), indent=2))
     return _json_safe(stats)
