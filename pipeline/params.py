@@ -321,6 +321,23 @@ class GateParams(Section):
     # The challenger's metric of record (AUROC; top-1 for seven classes) must exceed the text
     # peer's by more than this (a gain equal to it fails; see gate.py).
     min_gain_over_text_peer: float = Field(0.0, ge=0, le=1)
+    # The bootstrap rule (pipeline/registry/gate.py `decide`): paired resamples of the gate's
+    # test rows, seeded; intervals at level 1 - alpha. The challenger is promoted only when the
+    # lower bound of (challenger - champion) on the metric of record is above min_delta
+    # (negative: a non-inferiority margin). No champion: the lower bound of its own interval
+    # must clear the floors above.
+    bootstrap_resamples: int = Field(2000, ge=100)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+    min_delta: float = Field(0.0, ge=-1, le=1)
+    # Binary: refused when the whole interval of (challenger - champion) recall at the primary
+    # FPR's threshold lies below -recall_tolerance.
+    recall_tolerance: float = Field(0.0, ge=0, le=1)
+    # Slices (source, class, each grouping column) with at least this many rows in the compared
+    # subset are checked; one whose interval (Bonferroni over all slice comparisons) lies wholly
+    # on the worse side of slice_tolerance refuses the challenger.
+    min_slice_rows: int = Field(20, ge=2)
+    slice_tolerance: float = Field(0.0, ge=0, le=1)
 
 
 class RegistryParams(Section):

@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from PIL import Image
 
-from pipeline import images
+from pipeline import images, operating_points
 from pipeline.monitoring import capture
 from pipeline.params import Params, parse_params
 from pipeline.prediction_checks import probability_column
@@ -152,12 +152,20 @@ def batch_size_of(params: dict | None) -> int:
     return int(value)
 
 
-def output_frame(probs: np.ndarray, class_names: tuple[str, ...] | list[str]) -> pd.DataFrame:
+def output_frame(probs: np.ndarray, class_names: tuple[str, ...] | list[str],
+                 operating: operating_points.Served | None = None) -> pd.DataFrame:
+    """The response. `operating`: the version's temperature (applied to `probs`) and, binary,
+    its threshold: the `decision` column, 1 = flagged (absent when it has no threshold)."""
+    decision = None
+    if operating is not None:
+        probs, decision = operating.apply(probs)
     predicted = probs.argmax(axis=1)
     frame = pd.DataFrame({"label": [class_names[i] for i in predicted],
                           "label_index": predicted.astype(np.int64)})
     for k, name in enumerate(class_names):
         frame[probability_column(name)] = probs[:, k].astype(np.float64)
+    if decision is not None:
+        frame["decision"] = decision.astype(np.int64)
     return frame
 
 
@@ -177,6 +185,9 @@ class MMGuardPyfunc(PythonModel):
         self.model = model
         self.class_names = tuple(model.class_names)
         self.limits = limits_from_config(getattr(context, "model_config", None))
+        # evaluate's temperature and threshold for these weights (register wrote them)
+        self.operating = operating_points.Served.from_config(
+            getattr(context, "model_config", None))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         if not isinstance(model_input, pd.DataFrame):
@@ -191,13 +202,15 @@ class MMGuardPyfunc(PythonModel):
             except BadInput as exc:
                 raise BadInput(f"row {row}: {exc.message}") from None
         if not images_in:
-            return output_frame(np.zeros((0, len(self.class_names))), self.class_names)
+            return output_frame(np.zeros((0, len(self.class_names))), self.class_names,
+                                self.operating)
         try:
             probs = self.model.predict_proba(images_in, texts, batch_size=batch_size)
         except Exception as exc:  # noqa: BLE001 - one line to the client, not a traceback
             raise BadInput(f"the model failed on this request ({type(exc).__name__})",
                            error_code=INTERNAL_ERROR) from None
-        output = output_frame(np.asarray(probs, dtype=np.float64), self.class_names)
+        output = output_frame(np.asarray(probs, dtype=np.float64), self.class_names,
+                              self.operating)
         capture.record(context, model_input, images_in, texts, output)  # the monitoring log
         return output
 

@@ -41,6 +41,60 @@ def _text_peer_line(peer: dict) -> str:
             f"(C={peer.get('c')}) on the same {test.get('samples')} test rows: {verdict}")
 
 
+def _interval(found: dict | None, signed: bool = False) -> str:
+    if not found or found.get("point") is None:
+        return "undefined"
+    spec = "+.4f" if signed else ".4f"
+    bounds = [found.get(k) for k in ("lower", "upper")]
+    inside = ", ".join("nan" if b is None else format(b, spec) for b in bounds)
+    return f"{format(found['point'], spec)} [{inside}]"
+
+
+def _evaluation_lines(evaluation: dict) -> list[str]:
+    """The served operating point and calibration, as evaluate measured them on test."""
+    lines = []
+    calibration = evaluation.get("calibration") or {}
+    if calibration:
+        def ece(key: str) -> str:
+            value = calibration.get(key)
+            return "undefined" if value is None else f"{value:.4f}"
+        lines.append(f"  calibration       temperature {calibration.get('temperature', 1.0):.3f}"
+                     f" ({calibration.get('reason', '')}); test ECE "
+                     f"{ece('test_ece_before')} -> {ece('test_ece_after')}")
+    points = evaluation.get("operating_points") or {}
+    for point in points.get("points", []):
+        primary = " (served)" if point.get("fpr_target") == points.get("primary_fpr") else ""
+        if point.get("threshold") is None:
+            lines.append(f"  at FPR {point['fpr_target']:<10g} no threshold: "
+                         f"{point.get('reason')}")
+            continue
+        test = point.get("test", {})
+        lines.append(f"  at FPR {point['fpr_target']:<10g} threshold {point['threshold']:.4f}"
+                     f"{primary}: test recall {_interval(test.get('recall_interval'))}, "
+                     f"test FPR {_interval(test.get('fpr_interval'))}")
+    return lines
+
+
+def _gate_lines(decision: dict) -> list[str]:
+    """The gate's verdict with its interval, and what it refused on."""
+    evidence = decision.get("evidence") or {}
+    lines = [f"  gate              {decision.get('decision')} v{decision.get('challenger')} "
+             f"(champion seen: {decision.get('champion_seen') or 'none'})"]
+    for name, interval in (evidence.get("challenger") or {}).items():
+        delta = (evidence.get("delta") or {}).get(name)
+        versus = f", vs champion {_interval(delta, signed=True)}" if delta else ""
+        lines.append(f"    {name:<15} {_interval(interval)}{versus} "
+                     f"({evidence.get('level', 0):.0%} bootstrap)")
+    lines += [f"    {r}" for r in decision.get("reasons", []) if r.startswith("FAIL")]
+    old = evidence.get("point_estimate_rule")
+    if old:
+        lines.append(f"    the point-estimate rule would say "
+                     f"{'promote' if old.get('promote') else 'keep'}")
+    if evidence.get("report"):
+        lines.append(f"    report: {evidence['report']}")
+    return lines
+
+
 def summary(paths: Paths) -> str:
     ingest = _read_json(paths.stats("ingest"))
     dedupe = _read_json(paths.stats("dedupe"))
@@ -72,12 +126,16 @@ def summary(paths: Paths) -> str:
         shown = {k: round(v, 4) for k, v in test.items()
                  if k in ("auroc", "accuracy", "f1", "top1", "top2", "macro_f1")}
         lines.append(f"  test              {shown}")
+        lines += _evaluation_lines(evaluation)
     peer = _read_json(text_peer.metrics_path(paths))
     if peer:
         lines.append(_text_peer_line(peer))
     checks = _read_json(paths.checks_dir / "report.json")
     if checks:
         lines.append(f"  prediction checks {'passed' if checks.get('passed') else 'FAILED'}")
+    decision = _read_json(paths.artifacts / "gate" / "decision.json")
+    if decision:
+        lines += _gate_lines(decision)
     drift = _read_json(paths.drift_dir / "drift.json")
     if drift:
         lines.append(f"  drift             dataset_drift={drift.get('dataset_drift')} "

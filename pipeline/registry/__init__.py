@@ -12,11 +12,15 @@ The gate scores the challenger AND the champion on the current test shards throu
 registered pyfunc models, so the comparison is on the same data, never against a stored number
 computed on an older test set.
 
-Modules: gate (the pure decision), store (connection, aliases, the lock), lineage (tags, the
-files that pin a run, checkout's restore), packaging (the pyfunc), operations (what the CLI
-calls).
+Modules: gate (the pure decision: the paired-bootstrap rule and the older point-estimate
+rule), slices (no slice may regress), report (the decision's HTML page), store (connection,
+aliases, the lock), lineage (tags, the files that pin a run, checkout's restore), packaging (the
+pyfunc), operations (what the CLI calls).
 """
-from pipeline.registry.gate import KEEP, PROMOTE, GateDecision, decide, gate_metrics
+from pipeline.registry.gate import (
+    KEEP, PROMOTE, GateDecision, GateRows, ModelRows, decide, decide_point_estimate,
+    gate_metrics,
+)
 from pipeline.registry.operations import (
     apply_decision, checkout, gate, gate_test_frame, promote, register, rollback, score_version,
 )
@@ -27,7 +31,8 @@ from pipeline.registry.store import (
 )
 
 __all__ = [
-    "KEEP", "PROMOTE", "GateDecision", "decide", "gate_metrics", "apply_decision", "checkout",
+    "KEEP", "PROMOTE", "GateDecision", "GateRows", "ModelRows", "decide",
+    "decide_point_estimate", "gate_metrics", "apply_decision", "checkout",
     "gate", "gate_test_frame", "promote", "register", "rollback", "score_version",
     "example_image_b64", "pinned_requirements", "CHALLENGER", "CHAMPION", "PREVIOUS",
     "RegistryBusy", "RegistryError", "RegistryUnavailable", "ensure_reachable", "model_name",

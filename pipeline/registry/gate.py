@@ -1,6 +1,23 @@
 """The promotion gate as a pure function of scores: no MLflow, no files.
 
-Comparison rule (also in docs/architecture.md, "Decisions"): scores within SCORE_EPSILON of each
+Two rules. `decide` (what `mmguard gate` applies) judges per-row predictions of the challenger
+and the champion on the same test rows with a paired bootstrap (pipeline/bootstrap.py):
+- the metric of record (AUROC; top-1 for seven classes): promoted only when the lower bound of
+  the (1 - alpha) interval of challenger - champion is above `min_delta`; with no champion, the
+  lower bound of the challenger's own interval must clear the floors (`min_auroc` strictly,
+  `min_top1`/`min_top2` or equal). Seven classes: top-2 must not regress (its interval's upper
+  bound below -regression_tolerance refuses);
+- binary operating point: the served threshold's test FPR may not be above its target beyond
+  noise (the lower bound of its interval above the target refuses), and recall there may not
+  fall below the champion's (the upper bound of the paired recall difference below
+  -recall_tolerance refuses);
+- slices (pipeline/registry/slices.py): no source, class or group slice may regress beyond its
+  interval;
+- and the checks, rolled-back and text-peer criteria below, as in the point-estimate rule.
+`decide_point_estimate` is the older rule on point scores, kept to show what it would have said
+(decision reports, tests/bench/test_bench_gate.py).
+
+Point-estimate comparison rule (also in docs/architecture.md, "Decisions"): scores within SCORE_EPSILON of each
 other are equal. Floors: AUROC must be strictly above `min_auroc` (an AUROC equal to the floor
 fails), top-1/top-2 must reach `min_top1`/`min_top2` (equal passes). Against the champion, the
 challenger wins a tie: it passes when it is at most `regression_tolerance` below the champion,
@@ -15,7 +32,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from pipeline import bootstrap, calibration, metrics
 from pipeline.params import GateParams
+from pipeline.registry import slices as slice_checks
 from pipeline.taxonomy import class_names
 
 PROMOTE, KEEP = "promote", "keep"
@@ -38,6 +59,9 @@ class GateDecision:
     # it. None when nothing was recorded (the challenger already is champion).
     decision_id: str | None = None
     evaluated_at: str | None = None
+    # The bootstrap rule's numbers (intervals, operating points, the slice table, what the
+    # point-estimate rule would have said); JSON-safe. Empty when no scoring happened.
+    evidence: dict = field(default_factory=dict)
 
     @property
     def promoted(self) -> bool:
@@ -48,7 +72,8 @@ class GateDecision:
                 "champion_seen": self.champion_seen, "reasons": self.reasons,
                 "challenger_metrics": self.challenger_metrics,
                 "champion_metrics": self.champion_metrics,
-                "decision_id": self.decision_id, "evaluated_at": self.evaluated_at}
+                "decision_id": self.decision_id, "evaluated_at": self.evaluated_at,
+                "evidence": self.evidence}
 
     @classmethod
     def from_dict(cls, data: dict) -> "GateDecision":
@@ -61,7 +86,8 @@ class GateDecision:
                    None if seen is None else str(seen), list(data["reasons"]),
                    dict(data.get("challenger_metrics") or {}),
                    dict(data.get("champion_metrics") or {}),
-                   data.get("decision_id"), data.get("evaluated_at"))
+                   data.get("decision_id"), data.get("evaluated_at"),
+                   dict(data.get("evidence") or {}))
 
 
 def gate_metrics(task: str) -> tuple[str, ...]:
@@ -101,10 +127,12 @@ def text_peer_reason(task: str, gate: GateParams, challenger: dict, text_peer: d
             f"{need} (gain {fmt(new - peer)})")
 
 
-def decide(task: str, gate: GateParams, checks_passed: bool, challenger: dict,
-           champion: dict | None, *, text_peer: dict | None,
-           test_samples: int | None = None) -> tuple[bool, list[str]]:
-    """Apply the promotion gate. Returns (promote?, one reason per criterion, PASS or FAIL).
+def decide_point_estimate(task: str, gate: GateParams, checks_passed: bool, challenger: dict,
+                          champion: dict | None, *, text_peer: dict | None,
+                          test_samples: int | None = None) -> tuple[bool, list[str]]:
+    """The point-estimate rule (the gate before intervals): floors and the champion comparison
+    on the scores as measured, within `regression_tolerance`; kept to show what it would have
+    said. Returns (promote?, one reason per criterion, PASS or FAIL).
     `text_peer`: the text peer's registered scores ({metric: value, "samples": rows}); None
     when none was registered (a refusal). `test_samples`: rows of the gate's test set."""
     reasons = [("PASS" if checks_passed else "FAIL") + ": prediction checks "
@@ -132,3 +160,198 @@ def decide(task: str, gate: GateParams, checks_passed: bool, challenger: dict,
             reasons.append(f"{'PASS' if ok else 'FAIL'}: {name} {fmt(new)} vs champion "
                            f"{fmt(old)} (tolerance {gate.regression_tolerance}){tie}")
     return all(r.startswith("PASS") for r in reasons), reasons
+
+
+# ---------------------------------------------------------------- the bootstrap rule
+
+@dataclass(frozen=True)
+class ModelRows:
+    """One model's answers on the gate's rows, as its served pyfunc gave them."""
+    probs: np.ndarray                  # [N, C] class probabilities
+    flags: np.ndarray | None = None    # binary: its `decision` column, 1 = flagged
+    fpr_target: float | None = None    # the FPR its served threshold was chosen for on val
+
+
+@dataclass(frozen=True)
+class GateRows:
+    """The gate's test rows: labels, slice columns, and both models' answers on the same rows."""
+    labels: np.ndarray
+    challenger: ModelRows
+    champion: ModelRows | None = None
+    # column -> value per row (source, class, group, ...): the slices checked for regressions
+    slices: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _record_metrics(task: str, labels: np.ndarray, model: ModelRows
+                    ) -> dict[str, bootstrap.Metric]:
+    if len(class_names(task)) == 2:
+        return {"auroc": bootstrap.auroc(labels, model.probs[:, 1])}
+    return {"top1": bootstrap.top_k(labels, model.probs, 1),
+            "top2": bootstrap.top_k(labels, model.probs, 2)}
+
+
+def point_scores(task: str, labels: np.ndarray, model: ModelRows) -> dict:
+    """The metrics of record measured on the rows as they are (what the old rule compares)."""
+    if len(class_names(task)) == 2:
+        return {"auroc": metrics.auroc(labels, model.probs[:, 1])}
+    return {"top1": metrics.top_k_accuracy(labels, model.probs, 1),
+            "top2": metrics.top_k_accuracy(labels, model.probs, 2)}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def signed(interval: bootstrap.Interval) -> str:
+    def one(value: float) -> str:
+        return f"{value:+.4f}" if math.isfinite(value) else "nan"
+    return f"{one(interval.point)} [{one(interval.lower)}, {one(interval.upper)}]"
+
+
+def _level_words(level: float, resamples: int, paired: bool) -> str:
+    return f"{level:.1%} {'paired ' if paired else ''}bootstrap, {resamples} resamples"
+
+
+def _floor_reason(name: str, interval: bootstrap.Interval, floor: float, strict: bool,
+                  words: str) -> str:
+    bound = interval.lower
+    ok = interval.defined and (bound > floor + SCORE_EPSILON if strict
+                               else bound >= floor - SCORE_EPSILON)
+    op = ">" if strict else ">="
+    verdict = "PASS" if ok else "FAIL"
+    return (f"{verdict}: {name} {interval.text()} ({words}): lower bound {fmt(bound)} "
+            f"{op if ok else 'is not ' + op} {floor}")
+
+
+def _champion_reasons(task: str, gate: GateParams, rows: GateRows,
+                      weights: np.ndarray, level: float, evidence: dict) -> list[str]:
+    new = _record_metrics(task, rows.labels, rows.challenger)
+    old = _record_metrics(task, rows.labels, rows.champion)
+    words = _level_words(level, gate.bootstrap_resamples, paired=True)
+    reasons, deltas = [], {}
+    for position, name in enumerate(gate_metrics(task)):
+        delta = bootstrap.paired(new[name], old[name], weights, level)
+        deltas[name] = delta.to_dict()
+        champion_point = float(old[name](np.ones((1, rows.labels.size)))[0])
+        new_point = float(new[name](np.ones((1, rows.labels.size)))[0])
+        if not math.isfinite(champion_point):
+            reasons.append(f"PASS: champion {name} is undefined on this test set")
+            continue
+        head = f"{name} {fmt(new_point)} vs champion {fmt(champion_point)}: difference " \
+               f"{signed(delta)} ({words})"
+        if position == 0:  # the metric of record: the challenger must be shown better
+            ok = delta.defined and delta.lower > gate.min_delta + SCORE_EPSILON
+            tail = (f"lower bound above min_delta {gate.min_delta}" if ok else
+                    f"lower bound {fmt(delta.lower)} is not above min_delta {gate.min_delta}: "
+                    "not shown to be better than the champion")
+        else:  # top-2 of seven classes: it may not be shown worse
+            ok = not (delta.defined and delta.upper < -gate.regression_tolerance - SCORE_EPSILON)
+            tail = (f"upper bound not below -{gate.regression_tolerance}" if ok else
+                    f"upper bound {fmt(delta.upper)} is below -{gate.regression_tolerance}: "
+                    "shown to be worse than the champion")
+        reasons.append(f"{'PASS' if ok else 'FAIL'}: {head}; {tail}")
+    evidence["delta"] = deltas
+    return reasons
+
+
+def _operating_reasons(gate: GateParams, rows: GateRows, weights: np.ndarray, level: float,
+                       evidence: dict) -> list[str]:
+    """Binary: the challenger's served threshold holds its FPR on test, and its recall there
+    is not shown below the champion's."""
+    new, old, labels = rows.challenger, rows.champion, rows.labels
+    if new.flags is None or new.fpr_target is None:
+        return ["FAIL: the challenger carries no operating threshold, so its served `decision` "
+                "cannot be judged (evaluate writes operating_points; register after it)"]
+    target = new.fpr_target
+    positives, negatives = labels == 1, labels == 0
+    fpr = bootstrap.single(bootstrap.rate(new.flags, negatives), weights, level)
+    recall = bootstrap.single(bootstrap.rate(new.flags, positives), weights, level)
+    operating = {"fpr_target": target, "challenger": {"fpr": fpr.to_dict(),
+                                                      "recall": recall.to_dict()}}
+    evidence["operating"] = operating
+    words = _level_words(level, gate.bootstrap_resamples, paired=False)
+    held = not (fpr.defined and fpr.lower > target + SCORE_EPSILON)
+    reasons = [f"{'PASS' if held else 'FAIL'}: at its threshold for FPR {target:g} the "
+               f"challenger flags {fpr.text()} of benign test rows ({words}); "
+               + ("the lower bound is not above the target" if held else
+                  f"even the lower bound is above {target:g}")]
+    if old is None:
+        return reasons
+    if old.flags is None or old.fpr_target is None:
+        return reasons + ["PASS: the champion carries no operating threshold; recall at the "
+                          "operating point is not compared"]
+    if abs(old.fpr_target - target) > 1e-12:
+        return reasons + [f"PASS: the champion's threshold was chosen for FPR "
+                          f"{old.fpr_target:g}, the challenger's for {target:g}; recall at "
+                          "the operating point is not compared"]
+    delta = bootstrap.paired(bootstrap.rate(new.flags, positives),
+                             bootstrap.rate(old.flags, positives), weights, level)
+    old_recall = bootstrap.single(bootstrap.rate(old.flags, positives), weights, level)
+    operating["champion"] = {
+        "fpr": bootstrap.single(bootstrap.rate(old.flags, negatives), weights, level).to_dict(),
+        "recall": old_recall.to_dict()}
+    operating["recall_delta"] = delta.to_dict()
+    tolerance = gate.recall_tolerance
+    ok = not (delta.defined and delta.upper < -tolerance - SCORE_EPSILON)
+    words = _level_words(level, gate.bootstrap_resamples, paired=True)
+    return reasons + [
+        f"{'PASS' if ok else 'FAIL'}: recall at FPR {target:g} {fmt(recall.point)} vs champion "
+        f"{fmt(old_recall.point)}: difference {signed(delta)} "
+        f"({words}); " + (f"upper bound not below -{tolerance}" if ok else
+                          f"upper bound {fmt(delta.upper)} is below -{tolerance}: the "
+                          "challenger misses harmful posts the champion catches")]
+
+
+def decide(task: str, gate: GateParams, checks_passed: bool, rows: GateRows, *,
+           text_peer: dict | None, test_samples: int | None = None
+           ) -> tuple[bool, list[str], dict]:
+    """The bootstrap rule (module docstring). Returns (promote?, one reason per criterion,
+    PASS or FAIL, evidence: intervals, operating points, slice table and the point-estimate
+    rule's verdict, JSON-safe)."""
+    labels = np.asarray(rows.labels).reshape(-1)
+    rows = GateRows(labels, rows.challenger, rows.champion, rows.slices)
+    level = 1.0 - gate.alpha
+    weights = bootstrap.resample_weights(labels, gate.bootstrap_resamples,
+                                         bootstrap.rng_for(gate.seed, "overall"))
+    own = _record_metrics(task, labels, rows.challenger)
+    challenger = {name: bootstrap.single(metric, weights, level) for name, metric in own.items()}
+    evidence: dict = {"rule": "paired bootstrap", "level": level,
+                      "resamples": gate.bootstrap_resamples, "seed": gate.seed,
+                      "rows": int(labels.size),
+                      "challenger": {k: v.to_dict() for k, v in challenger.items()}}
+    if rows.champion is not None:
+        champion_own = _record_metrics(task, labels, rows.champion)
+        evidence["champion"] = {k: bootstrap.single(m, weights, level).to_dict()
+                                for k, m in champion_own.items()}
+
+    reasons = [("PASS" if checks_passed else "FAIL") + ": prediction checks "
+               + ("passed" if checks_passed else "did not pass (or no report was registered)")]
+    floors = {"auroc": (gate.min_auroc, True), "top1": (gate.min_top1, False),
+              "top2": (gate.min_top2, False)}
+    words = _level_words(level, gate.bootstrap_resamples, paired=False)
+    for name in gate_metrics(task):
+        floor, strict = floors[name]
+        reasons.append(_floor_reason(name, challenger[name], floor, strict, words))
+    new_points = point_scores(task, labels, rows.challenger)
+    reasons.append(text_peer_reason(task, gate, new_points, text_peer, test_samples))
+    if rows.champion is None:
+        reasons.append("PASS: no champion yet, nothing to regress against")
+    else:
+        reasons += _champion_reasons(task, gate, rows, weights, level, evidence)
+    if len(class_names(task)) == 2:
+        reasons += _operating_reasons(gate, rows, weights, level, evidence)
+    evidence["calibration"] = {
+        side: {"gate_ece": _finite_or_none(calibration.ece(labels, model.probs))}
+        for side, model in (("challenger", rows.challenger), ("champion", rows.champion))
+        if model is not None}
+    table = slice_checks.compare(task, gate, rows)
+    evidence["slices"] = table.rows
+    if rows.champion is not None:
+        reasons += table.reasons()
+
+    old_points = (None if rows.champion is None
+                  else point_scores(task, labels, rows.champion))
+    old_rule = decide_point_estimate(task, gate, checks_passed, new_points, old_points,
+                                     text_peer=text_peer, test_samples=test_samples)
+    evidence["point_estimate_rule"] = {"promote": old_rule[0], "reasons": old_rule[1]}
+    return all(r.startswith("PASS") for r in reasons), reasons, evidence

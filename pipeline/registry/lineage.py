@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import text_peer, tracking
+from pipeline import operating_points, text_peer, tracking
 from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.registry.store import MAX_TAG_CHARS, RegistryError
@@ -114,7 +114,48 @@ def lineage_tags(params: Params, paths: Paths, params_file: Path | None = None) 
     headline = {k: v for k, v in metrics.get("test", {}).items()
                 if not isinstance(v, (dict, list))}
     tags |= tracking.flatten(headline, "metric.test.")
-    return tags | text_peer_tags(paths)
+    return tags | text_peer_tags(paths) | operating_tags(paths)
+
+
+CALIBRATION = "calibration."  # evaluate's calibration error before/after the temperature
+
+
+def served_operating_point(paths: Paths) -> operating_points.Served:
+    """What the served model applies, from evaluate's metrics.json: the temperature (1.0 when
+    evaluate recorded none) and, binary, the primary FPR target's val-chosen threshold. No
+    threshold when evaluate wrote no operating points: the served model then returns no
+    `decision`, and the gate refuses it."""
+    evaluation = _read_json(paths.evaluate_dir / "metrics.json")
+    temperature = float((evaluation.get("calibration") or {}).get("temperature") or 1.0)
+    point = operating_points.primary_point(evaluation.get("operating_points") or {})
+    if not point or point.get("threshold") is None:
+        return operating_points.Served(temperature)
+    return operating_points.Served(temperature, float(point["threshold"]),
+                                   float(point["fpr_target"]))
+
+
+def operating_tags(paths: Paths) -> dict[str, str]:
+    """`operating.temperature`, binary `operating.threshold` and `operating.fpr_target`, and
+    evaluate's test ECE before and after the temperature (`calibration.test_ece_*`)."""
+    served = served_operating_point(paths).as_config()[operating_points.CONFIG_KEY]
+    tags = {f"{operating_points.TAG_PREFIX}{k}": repr(v) for k, v in served.items()}
+    block = _read_json(paths.evaluate_dir / "metrics.json").get("calibration") or {}
+    for key in ("test_ece_before", "test_ece_after"):
+        if isinstance(block.get(key), (int, float)):
+            tags[f"{CALIBRATION}{key}"] = repr(float(block[key]))
+    return tags
+
+
+def calibration_record(tags: dict[str, str]) -> dict:
+    """A version's temperature and evaluate's test ECE before/after it, from its tags."""
+    found = {"temperature": operating_points.Served.from_tags(tags).temperature}
+    for name, key in (("evaluate_test_ece_before", f"{CALIBRATION}test_ece_before"),
+                      ("evaluate_test_ece_after", f"{CALIBRATION}test_ece_after")):
+        try:
+            found[name] = float(tags[key])
+        except (KeyError, ValueError):
+            continue
+    return found
 
 
 def text_peer_tags(paths: Paths) -> dict[str, str]:

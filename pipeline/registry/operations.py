@@ -13,6 +13,7 @@ re-reading the aliases it depends on, so concurrent operations serialise:
 from __future__ import annotations
 
 import base64
+import json
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -21,10 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import tracking
+from pipeline.operating_points import Served
 from pipeline.params import Params
 from pipeline.paths import Paths
-from pipeline.registry import lineage, packaging
-from pipeline.registry.gate import KEEP, PROMOTE, GateDecision, decide, fmt
+from pipeline.registry import lineage, packaging, report
+from pipeline.registry.gate import (
+    KEEP, PROMOTE, GateDecision, GateRows, ModelRows, decide, fmt, point_scores,
+)
 from pipeline.registry.store import (
     CHALLENGER, CHAMPION, MAX_TAG_CHARS, PREVIOUS, RegistryError, alias_number, alias_version,
     client_for, ensure_model, model_name, registry_errors, registry_lock, set_alias_verified,
@@ -89,7 +93,9 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
             experiment = None if run_id else tracking.experiment_id(params, uri, paths.root)
             with mlflow.start_run(run_id=run_id, experiment_id=experiment,
                                   run_name=None if run_id else "register") as run:
-                info = packaging.log_pyfunc(paths.model_dir, params)
+                # the served model applies evaluate's temperature and flags at its threshold
+                info = packaging.log_pyfunc(paths.model_dir, params,
+                                            lineage.served_operating_point(paths))
                 tags[lineage.REPRO_PATH_TAG] = lineage.log_repro_files(paths, content,
                                                                        params_file)
                 lineage.log_text_peer(paths)  # beside evaluate's eval_* metrics on the run
@@ -114,7 +120,10 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
 # ---------------------------------------------------------------- gate
 
 def gate_test_frame(paths: Paths) -> pd.DataFrame:
-    """The current test shards as a pyfunc input frame: base64 image bytes, text, label."""
+    """The current test shards as a pyfunc input frame: base64 image bytes, text, label, and
+    the row's id and source (from the sample's metadata) plus the clean manifest's grouping
+    columns when it has any: the slices the gate checks."""
+    from pipeline import contracts
     from pipeline.model.data import read_tar, split_shards
 
     rows, errors = [], []
@@ -123,33 +132,67 @@ def gate_test_frame(paths: Paths) -> pd.DataFrame:
             if "jpg" not in raw or "cls" not in raw:
                 errors.append((raw.get("__key__", "?"), "missing jpg or cls"))
                 continue
-            rows.append({"image": base64.b64encode(raw["jpg"]).decode("ascii"),
+            meta = json.loads(raw["json"]) if "json" in raw else {}
+            item_id = str(meta.get("id") or raw.get("__key__"))
+            rows.append({"id": item_id,
+                         "source": str(meta.get("source") or item_id.split(":", 1)[0]),
+                         "image": base64.b64encode(raw["jpg"]).decode("ascii"),
                          "text": raw.get("txt", b"").decode("utf-8", errors="replace"),
                          "label": int(raw["cls"].decode("ascii").strip())})
     if errors:
         raise RegistryError(f"unreadable test samples, cannot score fairly: {errors[:5]}")
     if not rows:
         raise RegistryError(f"no test samples under {paths.shards / 'test'}")
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if paths.manifest.exists():
+        present = [c for c in contracts.GROUPING_COLUMNS
+                   if c in contracts.parquet_columns(paths.manifest)]
+        if present:
+            groups = pd.read_parquet(paths.manifest, columns=["id", *present])
+            frame = frame.merge(groups, on="id", how="left")
+    return frame
+
+
+def predict_version(name: str, version: str, test: pd.DataFrame) -> pd.DataFrame:
+    """One registered version's served answers on the test frame."""
+    import mlflow
+
+    from pipeline.monitoring import capture
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    with capture.paused():  # the gate's test set is not traffic
+        return model.predict(test[["image", "text"]])
+
+
+def model_rows(output: pd.DataFrame, task: str, tags: dict[str, str]) -> ModelRows:
+    """A served output frame as the gate's ModelRows: probabilities, and (binary) the
+    `decision` column with the FPR its threshold was chosen for (version tag)."""
+    from pipeline.prediction_checks import probability_column
+
+    probs = output[[probability_column(n) for n in class_names(task)]].to_numpy(dtype=float)
+    target = Served.from_tags(tags).fpr_target
+    if len(class_names(task)) != 2 or "decision" not in output.columns or target is None:
+        return ModelRows(probs)
+    return ModelRows(probs, output["decision"].to_numpy(dtype=int), target)
+
+
+def slice_columns(test: pd.DataFrame, task: str) -> dict:
+    """The slices the gate checks: source, class and each grouping column present."""
+    from pipeline import contracts
+
+    names = class_names(task)
+    found = {"source": test["source"].to_numpy(dtype=object),
+             "class": [names[i] for i in test["label"]]}
+    for column in contracts.GROUPING_COLUMNS:
+        if column in test.columns:
+            found[column] = test[column].fillna("(none)").to_numpy(dtype=object)
+    return found
 
 
 def score_version(name: str, version: str, test: pd.DataFrame, task: str) -> dict:
     """The gate metrics of one registered version on the given test frame."""
-    import mlflow
-
-    from pipeline import metrics
-    from pipeline.monitoring import capture
-    from pipeline.prediction_checks import probability_column
-
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    with capture.paused():  # the gate's test set is not traffic
-        output = model.predict(test[["image", "text"]])
-    probs = output[[probability_column(n) for n in class_names(task)]].to_numpy(dtype=float)
-    labels = test["label"].to_numpy(dtype=int)
-    if len(class_names(task)) == 2:
-        return {"auroc": metrics.auroc(labels, probs[:, 1])}
-    return {"top1": metrics.top_k_accuracy(labels, probs, 1),
-            "top2": metrics.top_k_accuracy(labels, probs, 2)}
+    rows = model_rows(predict_version(name, version, test), task, {})
+    return point_scores(task, test["label"].to_numpy(dtype=int), rows)
 
 
 def _rolled_back_reason(version) -> str | None:
@@ -173,8 +216,87 @@ def _record_decision(client, decision: GateDecision) -> None:
             "gate.evaluated_at": decision.evaluated_at}
     tags |= {f"gate.challenger.{k}": fmt(v) for k, v in decision.challenger_metrics.items()}
     tags |= {f"gate.champion.{k}": fmt(v) for k, v in decision.champion_metrics.items()}
+    tags |= _evidence_tags(decision.evidence)
     for key, value in tags.items():
         client.set_model_version_tag(decision.name, decision.challenger, key, value)
+
+
+def _interval_tags(prefix: str, interval: dict | None) -> dict[str, str]:
+    if not interval:
+        return {}
+    return {f"{prefix}.{side}": fmt(interval.get(key))
+            for side, key in (("lower", "lower"), ("upper", "upper"))} | {
+        prefix: fmt(interval.get("point"))}
+
+
+def _evidence_tags(evidence: dict) -> dict[str, str]:
+    """The bootstrap rule's numbers as version tags: `gate.challenger.<m>.lower|upper`,
+    `gate.delta.<m>[.lower|.upper]`, `gate.operating.*`, `gate.slices.*`, `gate.interval`
+    (level and resamples) and what the point-estimate rule would have said."""
+    if not evidence:
+        return {}
+    tags = {"gate.interval": f"{evidence['level']:.4g} percentile, {evidence['resamples']} "
+                             f"paired resamples within class, seed {evidence['seed']}"}
+    for name, interval in evidence.get("challenger", {}).items():
+        tags |= {k: v for k, v in _interval_tags(f"gate.challenger.{name}", interval).items()
+                 if k != f"gate.challenger.{name}"}  # the point is tagged already
+    for name, interval in evidence.get("delta", {}).items():
+        tags |= _interval_tags(f"gate.delta.{name}", interval)
+    operating = evidence.get("operating") or {}
+    if operating:
+        tags["gate.operating.fpr_target"] = fmt(operating["fpr_target"])
+        for side in ("challenger", "champion"):
+            for rate in ("recall", "fpr"):
+                tags |= _interval_tags(f"gate.operating.{side}.{rate}",
+                                       (operating.get(side) or {}).get(rate))
+        tags |= _interval_tags("gate.operating.recall_delta", operating.get("recall_delta"))
+    table = evidence.get("slices") or []
+    regressed = [f"{r['column']}={r['value']}:{r['metric']}" for r in table if r["regressed"]]
+    tags["gate.slices.compared"] = str(sum(1 for r in table if r["compared"]))
+    tags["gate.slices.regressed"] = ",".join(regressed)[:MAX_TAG_CHARS] or "none"
+    old = evidence.get("point_estimate_rule")
+    if old:
+        tags["gate.point_estimate_rule"] = PROMOTE if old["promote"] else KEEP
+    if evidence.get("report_artifact"):
+        tags["gate.report"] = evidence["report_artifact"]
+    return tags
+
+
+def _gate_rows(params: Params, test: pd.DataFrame, outputs: dict, tags: dict) -> GateRows:
+    task = params.task
+    labels = test["label"].to_numpy(dtype=int)
+    rows = {side: model_rows(outputs[side], task, tags[side]) for side in outputs}
+    return GateRows(labels, rows["challenger"], rows.get("champion"),
+                    slice_columns(test, task))
+
+
+def gate_folder(paths: Paths) -> Path:
+    """Where the gate writes its report and per-row answers (the DAG's decision.json too)."""
+    return paths.artifacts / "gate"
+
+
+def _write_gate_files(client, paths: Paths, decision: GateDecision, challenger_run: str | None,
+                      test: pd.DataFrame, outputs: dict) -> None:
+    """The decision report (HTML) and both models' per-row answers on the same ids (parquet),
+    in artifacts/gate/ and on the challenger's MLflow run under gate/<decision_id>/."""
+    from pipeline import atomic
+
+    folder = gate_folder(paths)
+    folder.mkdir(parents=True, exist_ok=True)
+    answers = test.drop(columns=["image", "text"]).copy()
+    for side, output in outputs.items():
+        for column in output.columns:
+            if column.startswith("prob_") or column == "decision":
+                answers[f"{side}_{column}"] = output[column].to_numpy()
+    rows_file, report_file = folder / "rows.parquet", folder / "report.html"
+    atomic.write_with(rows_file, lambda tmp: answers.to_parquet(tmp, index=False))
+    atomic.write_text(report_file, report.render(decision))
+    decision.evidence["report"] = str(report_file)
+    if challenger_run:
+        where = f"gate/{decision.decision_id}"
+        client.log_artifact(challenger_run, str(report_file), where)
+        client.log_artifact(challenger_run, str(rows_file), where)
+        decision.evidence["report_artifact"] = f"runs:/{challenger_run}/{where}/report.html"
 
 
 def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateDecision:
@@ -199,17 +321,28 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
             decision = GateDecision(KEEP, name, version, seen, [refusal], **_gate_run())
             _record_decision(client, decision)
         else:
+            # both versions answer the same rows (same ids), through their served pyfuncs
             test = gate_test_frame(paths)
-            challenger_scores = score_version(name, version, test, params.task)
-            champion_scores = (score_version(name, seen, test, params.task)
-                               if seen is not None else None)
-            promoted, reasons = decide(params.task, params.registry.gate,
-                                       challenger.tags.get("checks.passed") == "true",
-                                       challenger_scores, champion_scores,
-                                       text_peer=lineage.text_peer_scores(challenger.tags),
-                                       test_samples=len(test))
-            decision = GateDecision(PROMOTE if promoted else KEEP, name, version, seen, reasons,
-                                    challenger_scores, champion_scores or {}, **_gate_run())
+            outputs = {"challenger": predict_version(name, version, test)}
+            tags = {"challenger": challenger.tags}
+            if seen is not None:
+                outputs["champion"] = predict_version(name, seen, test)
+                tags["champion"] = champion.tags
+            rows = _gate_rows(params, test, outputs, tags)
+            promoted, reasons, evidence = decide(
+                params.task, params.registry.gate, challenger.tags.get("checks.passed") == "true",
+                rows, text_peer=lineage.text_peer_scores(challenger.tags),
+                test_samples=len(test))
+            for side, found in evidence["calibration"].items():
+                found |= lineage.calibration_record(tags[side])
+            labels = test["label"].to_numpy(dtype=int)
+            decision = GateDecision(
+                PROMOTE if promoted else KEEP, name, version, seen, reasons,
+                point_scores(params.task, labels, rows.challenger),
+                {} if rows.champion is None else point_scores(params.task, labels,
+                                                                rows.champion),
+                **_gate_run(), evidence=evidence)
+            _write_gate_files(client, paths, decision, challenger.run_id, test, outputs)
             _record_decision(client, decision)
     print_decision(decision)
     return decision

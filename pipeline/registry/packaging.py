@@ -33,7 +33,10 @@ def _signature_and_example(task: str):
     names = class_names(task)
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "text")])
     outputs = Schema([ColSpec("string", "label"), ColSpec("long", "label_index")]
-                     + [ColSpec("double", probability_column(n)) for n in names])
+                     + [ColSpec("double", probability_column(n)) for n in names]
+                     # binary: 1 = flagged at the served operating threshold
+                     + ([ColSpec("long", "decision", required=False)] if len(names) == 2
+                        else []))
     params = ParamSchema([ParamSpec("batch_size", "long", DEFAULT_BATCH_SIZE)])
     example = pd.DataFrame({"image": [example_image_b64()], "text": ["a caption to check"]})
     return ModelSignature(inputs=inputs, outputs=outputs, params=params), example
@@ -61,10 +64,11 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-def log_pyfunc(model_dir: Path, params: Params):
+def log_pyfunc(model_dir: Path, params: Params, operating=None):
     """Log the model into the active run; MLflow's ModelInfo (its model_uri is registered).
     The project's serving limits travel in the model's config, so the served model enforces
-    params.yaml's caps rather than the defaults."""
+    params.yaml's caps rather than the defaults; so does `operating` (an
+    operating_points.Served: evaluate's temperature and threshold), which it applies."""
     import mlflow
 
     from pipeline import serving
@@ -73,4 +77,6 @@ def log_pyfunc(model_dir: Path, params: Params):
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
         artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
-        pip_requirements=pinned_requirements(), model_config=serving.model_config(params))
+        pip_requirements=pinned_requirements(),
+        model_config=serving.model_config(params)
+        | (operating.as_config() if operating is not None else {}))

@@ -77,10 +77,19 @@ def write_test_split(paths: Paths, task: str, oracle_dir: Path, n: int = 24,
 BEATEN_PEER = {"auroc": 0.0, "top1": 0.0, "top2": 0.0}
 
 
+# An operating point that flags nothing (no tiny model's probability reaches 1.0): the served
+# `decision` column exists and holds its FPR target, so the gate's operating criteria pass and
+# tests about the other criteria stay about those (tests/unit/test_gate_bootstrap.py covers it).
+FLAGS_NOTHING = {"primary_fpr": 0.05, "points": [{"fpr_target": 0.05, "threshold": 1.0}]}
+
+
 def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
                       metrics: dict | None = None,
-                      text_peer: dict | None = BEATEN_PEER) -> None:
-    """Put a model where `register` looks, with the checks report, metrics and text peer test
+                      text_peer: dict | None = BEATEN_PEER,
+                      operating: dict | None = FLAGS_NOTHING,
+                      temperature: float = 1.0) -> None:
+    """Put a model where `register` looks, with the checks report, metrics, operating points
+    and temperature (evaluate's metrics.json; operating None: none recorded) and text peer test
     scores (artifacts/text_peer/metrics.json; None: the text_peer stage did not run) it
     records."""
     if paths.model_dir.exists():
@@ -91,8 +100,11 @@ def install_candidate(paths: Paths, model_dir: Path, checks_passed: bool = True,
     (paths.checks_dir / "report.json").write_text(json.dumps(
         {"passed": checks_passed, "failed_errors": failed, "checks": []}))
     paths.evaluate_dir.mkdir(parents=True, exist_ok=True)
-    (paths.evaluate_dir / "metrics.json").write_text(json.dumps(
-        {"test": metrics or {"auroc": 0.5, "samples": 24}}))
+    evaluation = {"test": metrics or {"auroc": 0.5, "samples": 24},
+                  "calibration": {"temperature": temperature}}
+    if operating is not None:
+        evaluation["operating_points"] = operating
+    (paths.evaluate_dir / "metrics.json").write_text(json.dumps(evaluation))
     peer_file = text_peer_files.metrics_path(paths)
     peer_file.unlink(missing_ok=True)
     if text_peer is not None:

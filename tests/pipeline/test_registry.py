@@ -94,7 +94,8 @@ def test_gate_promotes_better_rejects_worse_and_failing_checks_then_rolls_back(p
     assert "keep" in capsys.readouterr().out
 
     # 4. its checks failed: not promoted, although its scores are within a wide tolerance
-    lenient = project_params(project.root, TASK, regression_tolerance=1.0)
+    #    (min_delta -1: the bootstrap rule's widest non-inferiority margin)
+    lenient = project_params(project.root, TASK, regression_tolerance=1.0, min_delta=-1.0)
     install_candidate(project, models["other"], checks_passed=False)
     v3 = registry.register(lenient, project)["version"]
     decision = registry.promote(lenient, project)
@@ -124,15 +125,23 @@ def test_gate_promotes_better_rejects_worse_and_failing_checks_then_rolls_back(p
     assert aliases(client, name) == {"challenger": v2, "champion": v2, "previous_champion": v1}
     assert "rolled_back_to" not in client.get_model_version(name, v2).tags
 
-    # 7. equal scores: a different model that predicts exactly like the champion wins the tie
+    # 7. equal scores: a different model that predicts exactly like the champion is not shown
+    #    to be better, so the bootstrap rule keeps the champion (the point-estimate rule gave a
+    #    tie to the challenger); a non-inferiority margin (min_delta < 0) lets it through
     twin = project.root / "twin"
     shutil.copytree(models["good"], twin)
     (twin / "NOTE").write_text("same weights, other content hash\n")
     install_candidate(project, twin)
     v4 = registry.register(params, project)["version"]
-    decision = registry.promote(params, project)
-    assert decision.promoted and decision.challenger_metrics == decision.champion_metrics
-    assert any("a tie goes to the challenger" in r for r in decision.reasons)
+    decision = registry.gate(params, project)
+    assert not decision.promoted and decision.challenger_metrics == decision.champion_metrics
+    assert decision.evidence["delta"]["auroc"]["lower"] == 0.0
+    assert any("not shown to be better than the champion" in r for r in decision.reasons)
+    assert decision.evidence["point_estimate_rule"]["promote"]
+    assert any("a tie goes to the challenger" in r
+               for r in decision.evidence["point_estimate_rule"]["reasons"])
+    margin = project_params(project.root, TASK, min_delta=-0.01)
+    assert registry.promote(margin, project).promoted
 
     # 8. rolling back a version that is also @challenger takes the alias away
     registry.rollback(params, project)
@@ -170,10 +179,15 @@ def test_registered_version_carries_signature_requirements_and_lineage(project, 
     with tracking.store(params):
         info = mlflow.models.get_model_info(uri)
         pins = open(mlflow.pyfunc.get_model_dependencies(uri)).read()
+        config = mlflow.models.Model.load(uri).flavors["python_function"]["config"]
     assert info.signature.inputs.input_names() == ["image", "text"]
     assert info.signature.outputs.input_names() == ["label", "label_index", "prob_not_hateful",
-                                                    "prob_hateful"]
+                                                    "prob_hateful", "decision"]
     assert f"torch=={metadata.version('torch')}" in pins and "open_clip_torch==" in pins
+    # the served operating point: tags, and the model's config (what the served model applies)
+    assert (tags["operating.threshold"], tags["operating.fpr_target"],
+            tags["operating.temperature"]) == ("1.0", "0.05", "1.0")
+    assert config["operating"] == {"temperature": 1.0, "threshold": 1.0, "fpr_target": 0.05}
 
 
 def test_register_uses_the_training_run_when_it_exists(project, models):

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.params import GateParams
 from pipeline.registry import KEEP, PROMOTE, GateDecision, gate_metrics
-from pipeline.registry import decide as decide_with_peer
+from pipeline.registry import decide_point_estimate as decide_with_peer
 
 GATE = GateParams(min_auroc=0.6, min_top1=0.5, min_top2=0.7, regression_tolerance=0.01)
 

@@ -8,7 +8,8 @@ import math
 from pipeline import text_peer
 from pipeline.params import GateParams
 from pipeline.paths import Paths
-from pipeline.registry import decide, lineage
+from pipeline.registry import decide_point_estimate as decide
+from pipeline.registry import lineage
 from pipeline.registry.gate import SCORE_EPSILON
 
 GATE = GateParams(min_auroc=0.5, min_top1=0.3, min_top2=0.5, regression_tolerance=0.01)
