@@ -99,7 +99,8 @@ def stage_deps_command(dvc_yaml: Path = typer.Option(Path("dvc.yaml"), "--dvc-ya
 
 @app.command()
 def drift(reference: Path = typer.Option(None, "--reference", help="manifest to compare against "
-                                         "(default: drift.reference_split of the clean manifest)"),
+                                         "(default: drift.reference_split of the clean manifest; "
+                                         "with --since, the champion's training reference)"),
           current: Path = typer.Option(None, "--current", help="manifest to judge (default: "
                                        "drift.current_split of the clean manifest)"),
           since: str = typer.Option(None, "--since", help="judge the traffic the served model "
@@ -117,6 +118,9 @@ def drift(reference: Path = typer.Option(None, "--reference", help="manifest to 
     except StageFailed as exc:
         typer.secho(f"drift failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+    if result.get("dropped_rows"):
+        typer.secho(f"the capture writer dropped {result['dropped_rows']} rows in this window "
+                    "(it fell behind); they are not in the comparison", fg="yellow", err=True)
     _print(result)
 
 

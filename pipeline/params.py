@@ -5,6 +5,7 @@ with a message that names the key and what is allowed.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -248,23 +249,42 @@ class ChecksParams(Section):
 
 
 class EmbeddingDriftParams(Section):
-    # Evidently's EmbeddingsDrift methods: a classifier telling the sides apart (ROC AUC), the
-    # maximum mean discrepancy, the share of drifted components, or the distance of the means.
-    method: Literal["model", "mmd", "ratio", "distance"] = "mmd"
-    # null: Evidently's default for the method. 0.01 for MMD is measured on the synthetic seeds
-    # (tests/drift_power): Evidently's defaults raise false alarms on most unshifted pairs there.
-    threshold: float | None = Field(0.01, gt=0)
+    # The maximum mean discrepancy of the model's image / text embeddings (Evidently's
+    # MMDDriftMethod statistic), judged by a permutation test per comparison
+    # (pipeline/drift_verdict.py): no fixed threshold, whose false-alarm rate would depend on
+    # the number of rows.
+    method: Literal["mmd"] = "mmd"
+    # Relabellings of the pooled rows per test; seeded, so a verdict is reproducible. The p-value
+    # resolution is 1 / (permutations + 1): it must reach each modality's level, alpha / 4.
+    permutations: int = Field(399, ge=19)
+    seed: int = 0
     pca_components: int | None = Field(None, ge=1)
 
 
 class DriftParams(Section):
     reference_split: Split = "train"
     current_split: Split = "test"
-    drift_share: float = Field(0.5, gt=0, le=1)  # dataset drift when this share of columns drift
+    # The overall verdict's false-alarm rate on undrifted sides: half for the two embedding tests,
+    # half for the column tests (Bonferroni; see pipeline/drift_verdict.py).
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Dataset drift when an embedding drifts, or this share of the columns drifts (each column
+    # tested at the corrected level).
+    drift_share: float = Field(0.5, gt=0, le=1)
     # Fewer readable rows than this on a side: "too few rows to judge" instead of a report.
     min_rows: int = Field(30, ge=2)
     embeddings: EmbeddingDriftParams = EmbeddingDriftParams()
     log_to_mlflow: bool = True  # reports go to the monitored model's run (or a monitoring run)
+
+    @model_validator(mode="after")
+    def _permutations_reach_level(self) -> "DriftParams":
+        # Each modality is tested at alpha / 4 (two modalities, half of alpha); the smallest
+        # permutation p-value, 1 / (permutations + 1), must be able to get there.
+        needed = math.ceil(4 / self.alpha - 1e-9) - 1
+        if self.embeddings.permutations < needed:
+            raise ValueError(f"embeddings.permutations={self.embeddings.permutations} cannot "
+                             f"reach the per-modality level alpha/4={self.alpha / 4:g}; "
+                             f"use at least {needed}")
+        return self
 
 
 class MonitoringParams(Section):

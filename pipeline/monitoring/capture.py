@@ -15,7 +15,9 @@ Speed: `record()` only appends references to an in-memory buffer; hashing, thumb
 and the parquet write happen on one background thread, in part files of `flush_rows` rows or
 every `flush_seconds`. The log is capped at `max_bytes`: after each write the oldest part files
 are deleted (rotation). If the writer falls behind by more than `max_buffer_rows`, new rows are
-dropped and counted (`dropped`), never blocking a request.
+dropped and counted (`dropped`), never blocking a request; the next write logs that count and
+records it beside the parts (`date=D/dropped-<time>-<session>.json`), and `mmguard drift --since`
+reports the rows dropped in its window (`dropped_rows`).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from pipeline.params import MonitoringParams, Params, ParamsError, load_params
 ENV_URI = "MMGUARD_MONITORING_URI"
 ENV_SWITCH = "MMGUARD_CAPTURE"
 THUMBNAIL_QUALITY = 85
+DROPPED_PREFIX = "dropped-"  # the writer's records of rows it had to drop, beside the parts
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +107,8 @@ class CaptureLog:
         self.pending: deque = deque()
         self.pending_rows = 0
         self.dropped = 0
+        self.dropped_saved = 0  # of `dropped`, how many a dropped-*.json file already records
+        self.session = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{os.getpid()}"
         self.written = 0
         self.parts = 0
         self._wake = threading.Condition()
@@ -148,6 +153,7 @@ class CaptureLog:
     def flush(self) -> int:
         """Write everything buffered as one part file now; the number of rows written."""
         with self._io:
+            self._save_dropped()
             batches = self._take()
             if not batches:
                 return 0
@@ -218,6 +224,29 @@ class CaptureLog:
                 break
             filesystem.delete_file(old.path)
             total -= old.size
+
+    def _save_dropped(self) -> None:
+        """Log and persist the rows dropped since the last call, beside the parts:
+        `date=D/dropped-<HHMMSSffffff>-<session>.json` = {time, dropped, session,
+        session_dropped}, so `mmguard drift --since` can sum them over its window (`dropped_rows`).
+        Rotation never deletes these (a few hundred bytes each, only when rows were dropped)."""
+        with self._wake:
+            new = self.dropped - self.dropped_saved
+        if new <= 0:
+            return
+        log.warning("capture: %d rows dropped (the writer was more than max_buffer_rows=%d rows "
+                    "behind); %d dropped by this writer so far", new,
+                    self.settings.max_buffer_rows, self.dropped_saved + new)
+        filesystem, base = _filesystem(self.uri)
+        now = datetime.now(timezone.utc)
+        folder = f"{base}/date={now:%Y-%m-%d}"
+        filesystem.create_dir(folder, recursive=True)
+        record = {"time": now.isoformat(), "dropped": new, "session": self.session,
+                  "session_dropped": self.dropped_saved + new}
+        with filesystem.open_output_stream(
+                f"{folder}/{DROPPED_PREFIX}{now:%H%M%S%f}-{self.session}.json") as out:
+            out.write(json.dumps(record).encode())
+        self.dropped_saved += new  # only once written: a failed write is retried next flush
 
 
 # ---------------------------------------------------------------- the serving hook
@@ -384,6 +413,27 @@ def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None) -> pd
                        for f in files], ignore_index=True)
     frame = frame[frame["time"] >= pd.Timestamp(cutoff)]
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def dropped_rows(uri: str, cutoff: datetime) -> int:
+    """Rows capture writers dropped at or after `cutoff` (their dropped-*.json records)."""
+    from pyarrow import fs
+
+    filesystem, base = _filesystem(uri)
+    if filesystem.get_file_info(base).type == fs.FileType.NotFound:
+        return 0
+    first_day = f"date={cutoff:%Y-%m-%d}"
+    total = 0
+    for info in filesystem.get_file_info(fs.FileSelector(base, recursive=True)):
+        name = Path(info.path)
+        if (info.type != fs.FileType.File or not name.name.startswith(DROPPED_PREFIX)
+                or name.suffix != ".json" or name.parent.name < first_day):
+            continue
+        with filesystem.open_input_stream(info.path) as stream:
+            record = json.loads(stream.read())
+        if datetime.fromisoformat(record["time"]) >= cutoff:
+            total += int(record["dropped"])
+    return total
 
 
 def traffic_rows(params: Params, root: Path, since: str) -> int:

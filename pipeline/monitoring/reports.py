@@ -27,7 +27,9 @@ def log_drift_reports(params: Params, root: Path, run_id: str | None, out_dir: P
             metrics = {"drift.share": summary["drift_share"],
                        "drift.dataset_drift": float(summary["dataset_drift"]),
                        **{f"drift.embedding.{m}": s
-                          for m, s in summary["embedding_drift"].items()}}
+                          for m, s in summary["embedding_drift"].items()},
+                       **{f"drift.embedding.{m}.p_value": p
+                          for m, p in summary.get("embedding_p_values", {}).items()}}
             # One step per check, so repeated checks on one run form a time series.
             mlflow.log_metrics(metrics, step=int(time.time()))
             return run.info.run_id

@@ -29,7 +29,9 @@ from pipeline.paths import Paths
 from pipeline.sources import incoming
 
 # The one place the monitor calls the drift comparison (`--reference` may be left out: then the
-# clean manifest's reference split is used).
+# clean manifest's reference split is used). Its verdict is the stage's drift_verdict.verdict,
+# calibrated per comparison, so a small batch is judged at the same false-alarm rate as a large
+# one.
 DRIFT_COMMAND = [sys.executable, "-m", "pipeline.cli", "drift"]
 
 
@@ -38,7 +40,9 @@ def monitoring_dir(paths: Paths) -> Path:
 
 
 def reference_manifest(paths: Paths) -> Path:
-    return monitoring_dir(paths) / "reference" / "manifest.parquet"
+    from pipeline.stages.drift import champion_reference
+
+    return champion_reference(paths)
 
 
 def batch_dir(paths: Paths, batch: str) -> Path:

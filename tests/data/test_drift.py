@@ -90,15 +90,29 @@ def test_halves_of_one_distribution_show_no_drift_and_reports_reach_mlflow(paths
     assert summary["n_reference"] == 80 and summary["n_current"] == 80
     assert summary["drift_share"] < 0.2
     assert set(summary["embedding_drift"]) == {"image", "text"}
-    assert all(0 <= score < 0.01 for score in summary["embedding_drift"].values())
+    # Judged by p-values at the corrected levels, not by a fixed score threshold.
+    assert all(p > 0.05 / 4 for p in summary["embedding_p_values"].values())
     assert (paths.drift_dir / "report.html").stat().st_size > 10_000
     report = json.loads((paths.drift_dir / "report.json").read_text())
-    assert sum("EmbeddingsDrift" in m["config"]["type"] for m in report["metrics"]) == 2
+    embedding_metrics = [m for m in report["metrics"] if "EmbeddingsDrift" in m["config"]["type"]]
+    assert len(embedding_metrics) == 2
     stats = json.loads(paths.stats("drift").read_text())
     assert set(stats["columns"]) == {*drift_features.IMAGE_FEATURES,
                                      *drift_features.TEXT_DESCRIPTORS, "label", "pred_label",
                                      "pred_confidence"}
-    assert stats["families"]["embeddings"]["method"] == "mmd"
+    assert stats["families"]["embeddings"]["method"] == "mmd permutation test"
+    # The report states the verdict's tests: each column at the Bonferroni level, each
+    # embedding's permutation p-value and critical score; its flags are the verdict's.
+    assert stats["levels"] == {"alpha": 0.05, "embedding": 0.0125, "column": 0.05 / 2 / 11}
+    for column in stats["columns"].values():
+        assert column["threshold"] == pytest.approx(0.05 / 2 / 11)
+        assert column["report_drifted"] == column["drifted"] is False
+    for metric in embedding_metrics:
+        method = metric["config"]["drift_method"]
+        modality = metric["config"]["embeddings_name"]
+        assert method["p_value"] == summary["embedding_p_values"][modality]
+        assert metric["value"] == pytest.approx(summary["embedding_drift"][modality])
+    assert {t["status"] for t in report["tests"]} == {"SUCCESS"}
     assert stats["model"] == str(paths.model_dir)
     # No training run recorded: the reports go to a drift-monitor run.
     client = MlflowClient(f"sqlite:///{paths.root / 'mlflow.db'}")
