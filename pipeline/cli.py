@@ -273,12 +273,48 @@ def promote(decision: Path = typer.Option(None, "--decision", help="a `gate --ou
                                                           allow_rolled_back)))
 
 
+WHO_OPTION = typer.Option(None, "--who", help="who moves the alias, for its history "
+                          "(default: $MMGUARD_WHO, else user@host)")
+
+
 @app.command()
-def rollback(params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+def rollback(why: str = typer.Option("", "--why", help="why, for the alias history"),
+             who: str = WHO_OPTION,
+             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
     """Point @champion back at @previous_champion; the demoted version is marked rolled back."""
     from pipeline import registry
 
-    _print(_registry_call(lambda: registry.rollback(_load(params), Paths(root))))
+    _print(_registry_call(lambda: registry.rollback(_load(params), Paths(root), why, who)))
+
+
+alias_app = typer.Typer(no_args_is_help=True, help="Move a registry alias by hand.")
+app.add_typer(alias_app, name="alias")
+
+
+@alias_app.command("set")
+def alias_set(alias: str = typer.Argument(..., help="champion or challenger"),
+              version: str = typer.Argument(..., help="registered version number"),
+              why: str = typer.Option(..., "--why", help="why it moves (kept in the history)"),
+              who: str = WHO_OPTION,
+              params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Point @ALIAS at VERSION without the gate, recorded in the alias history. Only that alias
+    moves: `rollback` still returns to @previous_champion."""
+    from pipeline.registry import history
+
+    _print(_registry_call(lambda: history.set_alias(_load(params), root, alias, version, why,
+                                                    who)))
+
+
+@app.command(name="history")
+def alias_history(alias: str = typer.Option(None, "--alias", help="only this alias's moves"),
+                  as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+                  params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Every recorded move of @champion and @challenger, oldest first: when, who, from, to,
+    action (register, promote, rollback, manual) and why."""
+    from pipeline.registry import history
+
+    events = _registry_call(lambda: history.read(_load(params), root, alias))
+    typer.echo(json.dumps(events, indent=2) if as_json else history.format_table(events))
 
 
 @app.command()

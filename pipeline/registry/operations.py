@@ -25,7 +25,7 @@ from pipeline import tracking
 from pipeline.operating_points import Served
 from pipeline.params import Params
 from pipeline.paths import Paths
-from pipeline.registry import lineage, packaging, report
+from pipeline.registry import history, lineage, packaging, report
 from pipeline.registry.gate import (
     KEEP, PROMOTE, GateDecision, GateRows, ModelRows, decide, fmt, point_scores,
 )
@@ -67,7 +67,8 @@ def _training_run_id(client, paths: Paths) -> str | None:
 
 def _keep_challenger(client, name: str, version: str, created: bool) -> dict:
     with registry_lock(client, name):
-        set_alias_verified(client, name, CHALLENGER, version)
+        history.move(client, name, CHALLENGER, version, "register",
+                     "register found this model already registered")
     return {"version": version, "created": created}
 
 
@@ -108,7 +109,9 @@ def register(params: Params, paths: Paths, params_file: Path | None = None) -> d
                     existing, created = version, True
                 else:
                     created = False
-                set_alias_verified(client, name, CHALLENGER, str(existing.version))
+                history.move(client, name, CHALLENGER, str(existing.version), "register",
+                             "register: a new model" if created else
+                             "register found this model already registered")
             result = {"version": str(existing.version), "created": created}
     # stderr: the CLI's stdout carries only the JSON result, for the DAG to parse
     print(f"{'registered' if result['created'] else 'already registered:'} {name} version "
@@ -414,7 +417,9 @@ def apply_decision(params: Params, paths: Paths, decision: GateDecision,
             client.set_model_version_tag(name, target, "promotion.previous_champion", current)
             set_alias_verified(client, name, PREVIOUS, current)
         client.set_model_version_tag(name, target, "promotion.promoted_at", _now())
-        set_alias_verified(client, name, CHAMPION, target)
+        history.move(client, name, CHAMPION, target, "promote",
+                     f"gate decision {decision.decision_id} (champion seen: "
+                     f"{decision.champion_seen or 'none'})")
     print(f"{name} version {target}: PROMOTED to @{CHAMPION} (was {current or 'none'})")
     return result | {"moved": True, "champion": target, "replaced": current}
 
@@ -428,9 +433,10 @@ def promote(params: Params, paths: Paths, allow_rolled_back: bool = False) -> Ga
 
 # ---------------------------------------------------------------- rollback
 
-def rollback(params: Params, paths: Paths) -> dict:
+def rollback(params: Params, paths: Paths, why: str = "", who: str | None = None) -> dict:
     """Point @champion back at @previous_champion; walk the chain one step further back. The
-    demoted version is tagged `rolled_back_to` and loses @challenger."""
+    demoted version is tagged `rolled_back_to` and loses @challenger. `why`/`who` go to the
+    alias history."""
     client, uri = client_for(params, paths.root)
     name = model_name(params)
     with registry_errors(uri), registry_lock(client, name):
@@ -438,12 +444,14 @@ def rollback(params: Params, paths: Paths) -> dict:
         if previous is None:
             raise RegistryError(f"{name} has no @{PREVIOUS}: nothing to roll back to")
         current = alias_number(client, name, CHAMPION)
-        set_alias_verified(client, name, CHAMPION, str(previous.version))
+        why = why or "rolled back to the previous champion"
+        history.move(client, name, CHAMPION, str(previous.version), "rollback", why, who)
         if current is not None:
             client.set_model_version_tag(name, current, ROLLED_BACK_TAG, str(previous.version))
             client.set_model_version_tag(name, current, "rolled_back_at", _now())
             if alias_number(client, name, CHALLENGER) == current:
-                client.delete_registered_model_alias(name, CHALLENGER)
+                history.remove(client, name, CHALLENGER, "rollback",
+                               f"version {current} was rolled back", who)
         older = previous.tags.get("promotion.previous_champion")
         if older:
             set_alias_verified(client, name, PREVIOUS, older)
