@@ -317,6 +317,21 @@ def alias_history(alias: str = typer.Option(None, "--alias", help="only this ali
     typer.echo(json.dumps(events, indent=2) if as_json else history.format_table(events))
 
 
+@app.command(name="shadow-report")
+def shadow_report(since: str = typer.Option("24h", "--since", help="window of captured "
+                                            "traffic, e.g. 24h, 30m, 7d"),
+                  params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """How the shadow alias (serving.shadow) would have answered the served traffic: agreement,
+    score shift (mean, p95) and the rows it labels differently, from the capture log."""
+    from pipeline.monitoring import shadow
+
+    try:
+        _print(shadow.report(_load(params), root, since))
+    except StageFailed as exc:
+        typer.secho(f"shadow-report failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def checkout(version: str = typer.Option(..., "--version", help="registered version number"),
              params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
@@ -339,14 +354,15 @@ def predict(model: str = typer.Option(..., "--model", help="model URI, e.g. "
             params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
     """Batch inference over a file; bad rows are reported in the output, not fatal."""
     from pipeline import tracking
-    from pipeline.predict import PredictError, predict_file
+    from pipeline.predict import PredictError, predict_file, serving_overrides
 
     loaded = _load(params)
     folder = images_dir if images_dir is not None else input_file.resolve().parent
     try:
         with tracking.store(loaded, root):  # models:/ URIs resolve in the project's registry
             _print(predict_file(model, input_file, output_file, folder,
-                                loaded.ingest.max_image_bytes, batch_size))
+                                loaded.ingest.max_image_bytes, batch_size,
+                                serving_overrides(loaded, model)))
     except PredictError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None

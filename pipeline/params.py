@@ -341,6 +341,10 @@ class GateParams(Section):
     # The challenger's metric of record (AUROC; top-1 for seven classes) must exceed the text
     # peer's by more than this (a gain equal to it fails; see gate.py).
     min_gain_over_text_peer: float = Field(0.0, ge=0, le=1)
+    # Shadow rows (requests the challenger scored beside the champion, pipeline/monitoring/
+    # shadow.py) the challenger needs in monitoring.traffic_window before it may be promoted;
+    # 0: not required. `shadow.shadow_rows` counts them.
+    require_shadow_rows: int = Field(0, ge=0)
     # The bootstrap rule (pipeline/registry/gate.py `decide`): paired resamples of the gate's
     # test rows, seeded; intervals at level 1 - alpha. The challenger is promoted only when the
     # lower bound of (challenger - champion) on the metric of record is above min_delta
@@ -395,10 +399,30 @@ class AirflowParams(Section):
         return (self.retries if own.retries is None else own.retries,
                 self.execution_timeout_min if own.execution_timeout_min is None
                 else own.execution_timeout_min)
+# MLflow's alias names: letters, digits, `_` and `-`.
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
 class ServingParams(Section):
     # Caps of the served model; text length and image size/pixels reuse ingest's limits.
     max_rows: int = Field(1000, ge=1)  # rows per request
     max_request_bytes: int = Field(32 * 2**20, ge=1024)  # image + text data of one request
+    # The served model re-reads this registry alias every `refresh_seconds` and swaps in the
+    # version it names (pipeline/hot_swap.py); null: serve the loaded version only. A model
+    # loaded by a version URI follows it too.
+    follow_alias: str | None = Field("champion", pattern=ALIAS_PATTERN)
+    refresh_seconds: float = Field(30.0, ge=0)  # 0: resolve once at start, never again
+    # An alias (e.g. challenger) that also scores every request off the request path; both
+    # answers go to the capture log (role served / shadow). null: off.
+    shadow: str | None = Field(None, pattern=ALIAS_PATTERN)
+    # Requests waiting for the shadow; beyond this they are dropped (counted), never waited for.
+    shadow_max_pending: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _shadow_is_another_alias(self) -> "ServingParams":
+        if self.shadow is not None and self.shadow == self.follow_alias:
+            raise ValueError(f"shadow ({self.shadow}) must be another alias than follow_alias")
+        return self
 
 
 class Params(Section):

@@ -9,12 +9,18 @@ so only the bad rows lose their predictions.
 Paths are resolved here, never by the model: each must be a regular file inside the images
 folder the caller names (by default the input file's folder), read with ingest's confinement and
 size rules (pipeline/images.read_confined), and its bytes go to the model as base64.
+
+The model follows its alias while the file is scored, as a served one does (pipeline/hot_swap.py):
+`models:/name@alias` follows that alias, any other URI `serving.follow_alias` of the params
+(null pins the loaded version); each output row's `model_version` names the version that scored
+it. `serving.shadow` scores every batch with that alias too, into the capture log only.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +32,7 @@ IMAGE_COLUMNS = ("image", "img", "image_path")
 MAX_PATH_CHARS = 4096
 # Base64 of the smallest real image file is longer than this; a shorter string is a path.
 MIN_INLINE_BYTES = 64
+ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z0-9_-]+)/?$")
 
 
 class PredictError(ValueError):
@@ -123,10 +130,23 @@ def _load_images(rows: pd.DataFrame, folder: Path, max_bytes: int) -> pd.Series:
     return loaded
 
 
+def serving_overrides(params, model_uri: str) -> dict:
+    """The load-time model config for `model_uri`: follow the URI's alias (else
+    serving.follow_alias) and shadow as params say; the version's own limits stay."""
+    from pipeline import serving
+
+    match = ALIAS_URI.match(model_uri)
+    if match and params.serving.follow_alias is not None:  # null pins any URI
+        return {"follow": serving.follow_config(params, match["alias"], match["name"])}
+    return {"follow": serving.follow_config(params)}
+
+
 def predict_file(model_uri: str, input_path: Path, output_path: Path, images_dir: Path,
-                 max_image_bytes: int, batch_size: int = 64) -> dict:
+                 max_image_bytes: int, batch_size: int = 64,
+                 model_config: dict | None = None) -> dict:
     """Score every row of `input_path` with `model_uri`; write `output_path` (.parquet/.jsonl).
-    Image paths must name files inside `images_dir`."""
+    Image paths must name files inside `images_dir`. `model_config`: load-time overrides of the
+    logged model's config (`serving_overrides`)."""
     import mlflow
 
     if output_path.suffix not in (".parquet", ".jsonl"):
@@ -137,7 +157,7 @@ def predict_file(model_uri: str, input_path: Path, output_path: Path, images_dir
     for index in rows.index[rows["error"].isna()]:
         rows.loc[index, "error"] = _row_problem(rows.at[index, "image"], rows.at[index, "text"])
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(model_uri, model_config=model_config)
     results = []
     ready = rows[rows["error"].isna()]
     with tqdm(total=len(rows), desc="predict", unit="row") as progress:

@@ -2,8 +2,15 @@
 
 Input columns: `image` — the image file's bytes, or base64 of them; never a path (the serving
 process reads no file a client names; `mmguard predict` resolves paths on the caller's side) —
-and `text`. Output columns: `label` (class name), `label_index`, and one `prob_<class name>`
-column per class, in the task's class order.
+and `text`. Output columns: `label` (class name), `label_index`, one `prob_<class name>`
+column per class, in the task's class order, and `model_version`, the registry version that
+scored the request (null when the registry could not say).
+
+The served model follows its alias (pipeline/hot_swap.py): every `serving.refresh_seconds` it
+re-reads `serving.follow_alias` (default @champion) and swaps a moved version in, off the request
+path; a request scores with the model it started on. With `serving.shadow` (e.g. challenger)
+each request is also scored by that alias on a background queue, into the capture log only
+(pipeline/monitoring/shadow.py).
 
 Every request is checked against caps before any image is decoded: rows per request, bytes of
 image and text data, text length, and per image its bytes and pixels (ingest's limits, checked
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from dataclasses import asdict, dataclass
 
 import mlflow
@@ -29,8 +37,8 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from PIL import Image
 
-from pipeline import images, operating_points
-from pipeline.monitoring import capture
+from pipeline import hot_swap, images, operating_points
+from pipeline.monitoring import capture, shadow
 from pipeline.params import Params, parse_params
 from pipeline.prediction_checks import probability_column
 
@@ -79,10 +87,36 @@ class ServingLimits:
                                   self.max_image_bytes)
 
 
+def follow_config(params: Params, alias: str | None = None,
+                  name: str | None = None) -> dict | None:
+    """The model config's `follow` section: which registered model and aliases the served
+    process follows (`alias`/`name` override serving.follow_alias and registry.model_name, e.g.
+    with those of a models:/name@alias URI). None when neither following nor shadow scoring is
+    asked for."""
+    serving = params.serving
+    alias = alias or serving.follow_alias
+    if alias is None and serving.shadow is None:
+        return None
+    return hot_swap.FollowSettings(
+        model_name=name or params.registry.model_name.format(task=params.task), alias=alias,
+        refresh_seconds=serving.refresh_seconds,
+        registry_timeout_s=params.monitoring.registry_timeout_s,
+        shadow=None if serving.shadow == alias else serving.shadow,
+        shadow_max_pending=serving.shadow_max_pending).as_config()
+
+
 def model_config(params: Params) -> dict:
     """What `mlflow.pyfunc.log_model(model_config=…)` should carry, so the served model
-    enforces this project's limits rather than the defaults."""
-    return {"limits": asdict(ServingLimits.from_params(params))}
+    enforces this project's limits rather than the defaults, and follows the aliases params
+    name. Both keys are always present: MLflow lets a loader override only keys the logged
+    config has (`load_model(model_config=PINNED)`, MLFLOW_PYFUNC_INFERENCE_CONFIG)."""
+    return {"limits": asdict(ServingLimits.from_params(params)),
+            "follow": follow_config(params)}
+
+
+# Load-time override for callers that score one version as it is (the gate; MLflow's own load
+# while `register` logs the model): no following, no shadow.
+PINNED = {"follow": None}
 
 
 def limits_from_config(config: dict | None) -> ServingLimits:
@@ -153,6 +187,7 @@ def batch_size_of(params: dict | None) -> int:
 
 
 def output_frame(probs: np.ndarray, class_names: tuple[str, ...] | list[str],
+                 version: str | None = None,
                  operating: operating_points.Served | None = None) -> pd.DataFrame:
     """The response. `operating`: the version's temperature (applied to `probs`) and, binary,
     its threshold: the `decision` column, 1 = flagged (absent when it has no threshold)."""
@@ -164,9 +199,18 @@ def output_frame(probs: np.ndarray, class_names: tuple[str, ...] | list[str],
                           "label_index": predicted.astype(np.int64)})
     for k, name in enumerate(class_names):
         frame[probability_column(name)] = probs[:, k].astype(np.float64)
+    frame["model_version"] = pd.Series([version] * len(frame), dtype=object)
     if decision is not None:
         frame["decision"] = decision.astype(np.int64)
     return frame
+
+
+def score(served: hot_swap.ServedModel, images_in: list, texts: list,
+          batch_size: int) -> pd.DataFrame:
+    """One model's answer to decoded rows (the served path and the shadow worker)."""
+    probs = served.model.predict_proba(images_in, texts, batch_size=batch_size)
+    return output_frame(np.asarray(probs, dtype=np.float64), tuple(served.model.class_names),
+                        served.version, served.operating)
 
 
 class MMGuardPyfunc(PythonModel):
@@ -182,16 +226,39 @@ class MMGuardPyfunc(PythonModel):
         # Once, here: predict_proba leaves an eval-mode model's mode alone, so concurrent
         # requests never see dropout switched on by another thread.
         model.eval().requires_grad_(False)
-        self.model = model
+        config = getattr(context, "model_config", None) or {}
         self.class_names = tuple(model.class_names)
-        self.limits = limits_from_config(getattr(context, "model_config", None))
-        # evaluate's temperature and threshold for these weights (register wrote them)
-        self.operating = operating_points.Served.from_config(
-            getattr(context, "model_config", None))
+        self.limits = limits_from_config(config)
+        follow = hot_swap.FollowSettings.from_config(config.get("follow"))
+        # The store this process resolved the model from (MLFLOW_TRACKING_URI for `mlflow
+        # models serve`, the project's store for `mmguard predict`), kept for later look-ups.
+        registry_uri = mlflow.get_registry_uri()
+        timeout = follow.registry_timeout_s if follow else capture._settings().registry_timeout_s
+        identity = capture._model_identity(context, registry_uri, timeout)
+        self.served = hot_swap.Slot(follow.alias if follow else None,
+                                    hot_swap.ServedModel(
+                                        model, **identity,
+                                        operating=operating_points.Served.from_config(config)))
+        self.shadow = self.follower = None
+        if follow is None:
+            return
+        slots = [self.served]
+        if follow.shadow:
+            shadow_slot = hot_swap.Slot(follow.shadow)
+            self.shadow = shadow.ShadowScorer(shadow_slot, follow.shadow_max_pending, score)
+            slots.append(shadow_slot)
+        self.follower = hot_swap.Follower(registry_uri, follow, slots, device,
+                                          self.class_names).start()
+
+    @property
+    def model(self):
+        """The model serving now (drift's monitor reads its towers)."""
+        return self.served.current.model
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         if not isinstance(model_input, pd.DataFrame):
             raise BadInput(f"input must be a table with columns {list(INPUT_COLUMNS)}")
+        served = self.served.current  # this request's model, whatever a swap does meanwhile
         check_request(model_input, self.limits)
         batch_size = batch_size_of(params)
         images_in, texts = [], []
@@ -203,15 +270,18 @@ class MMGuardPyfunc(PythonModel):
                 raise BadInput(f"row {row}: {exc.message}") from None
         if not images_in:
             return output_frame(np.zeros((0, len(self.class_names))), self.class_names,
-                                self.operating)
+                                served.version, served.operating)
         try:
-            probs = self.model.predict_proba(images_in, texts, batch_size=batch_size)
+            output = score(served, images_in, texts, batch_size)
         except Exception as exc:  # noqa: BLE001 - one line to the client, not a traceback
             raise BadInput(f"the model failed on this request ({type(exc).__name__})",
                            error_code=INTERNAL_ERROR) from None
-        output = output_frame(np.asarray(probs, dtype=np.float64), self.class_names,
-                              self.operating)
-        capture.record(context, model_input, images_in, texts, output)  # the monitoring log
+        request_id = uuid.uuid4().hex
+        capture.record(context, model_input, images_in, texts, output,  # the monitoring log
+                       scored_by=served.identity, request_id=request_id)
+        if self.shadow is not None and capture.active():
+            self.shadow.submit(model_input, images_in, texts, request_id, served.version,
+                               batch_size)
         return output
 
 

@@ -5,6 +5,10 @@ through the same pyfunc, so both are captured. Per row: UTC time, model name / v
 sha256 of the image bytes as received, a small JPEG thumbnail (`monitoring.thumbnail_side`, kept
 at least twice the model's input size so the thumbnail embeds like the original), the image's
 scalar drift features, the text, the predicted class, its probability and all probabilities.
+The version is the one that scored the row (the served model swaps versions when its alias moves,
+pipeline/hot_swap.py). `role` is `served` for the answer the client got and `shadow` for the
+shadow alias's answer to the same row (pipeline/monitoring/shadow.py), which carries the served
+row's `score_id`; readers of traffic (`read_log`) see the served rows unless they ask for both.
 
 Layout: `<log_uri>/date=YYYY-MM-DD/part-<HHMMSS>-<pid>-<n>.parquet`, where log_uri is a local
 folder or an s3:// URI (pyarrow's filesystems; S3 endpoint and keys from the usual AWS_*
@@ -47,6 +51,7 @@ from pipeline.params import MonitoringParams, Params, ParamsError, load_params
 ENV_URI = "MMGUARD_MONITORING_URI"
 ENV_SWITCH = "MMGUARD_CAPTURE"
 THUMBNAIL_QUALITY = 85
+SERVED, SHADOW = "served", "shadow"  # the `role` of a captured row
 DROPPED_PREFIX = "dropped-"  # the writer's records of rows it had to drop, beside the parts
 log = logging.getLogger(__name__)
 
@@ -117,12 +122,17 @@ class CaptureLog:
         self._stopped = False
 
     # request path: O(1) per batch
-    def record(self, inputs: list, images: list, texts: list, output: pd.DataFrame) -> None:
+    def record(self, inputs: list, images: list, texts: list, output: pd.DataFrame,
+               identity: dict | None = None, role: str = SERVED,
+               request_id: str | None = None) -> None:
+        """`identity` (name, version, run_id) of the model that scored this batch, as the
+        caller resolved it (None: the log's own); `request_id` makes each row's score_id."""
         with self._wake:
             if self.pending_rows + len(images) > self.settings.max_buffer_rows:
                 self.dropped += len(images)
                 return
-            self.pending.append((time.time(), inputs, images, texts, output))
+            self.pending.append((time.time(), inputs, images, texts, output, identity, role,
+                                 request_id))
             self.pending_rows += len(images)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mmguard-capture",
@@ -176,9 +186,9 @@ class CaptureLog:
 
     def _frame(self, batches: list) -> pd.DataFrame:
         side = self.settings.thumbnail_side
-        identity = self.identity() if callable(self.identity) else self.identity
         rows = []
-        for stamp, inputs, images, texts, output in batches:
+        for stamp, inputs, images, texts, output, given, role, request_id in batches:
+            identity = given if given is not None else self._identity()
             probs = output[[c for c in output.columns if c.startswith("prob_")]]
             names = [c[len("prob_"):] for c in probs.columns]
             for k, (raw, image, text) in enumerate(zip(inputs, images, texts)):
@@ -186,7 +196,8 @@ class CaptureLog:
                 rows.append({
                     "time": pd.Timestamp(stamp, unit="s", tz="UTC"),
                     "model_name": identity.get("name"), "model_version": identity.get("version"),
-                    "model_run_id": identity.get("run_id"),
+                    "model_run_id": identity.get("run_id"), "role": role,
+                    "score_id": f"{request_id}:{k}" if request_id else None,
                     "image_sha256": hashlib.sha256(data).hexdigest() if data else None,
                     "thumbnail": _thumbnail(image, side), "text": text,
                     **drift_features.image_stats(image),
@@ -195,6 +206,9 @@ class CaptureLog:
                     "probabilities": json.dumps(dict(zip(names, map(float, probs.iloc[k])))),
                 })
         return pd.DataFrame(rows)
+
+    def _identity(self) -> dict:
+        return self.identity() if callable(self.identity) else self.identity
 
     def _write(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -346,11 +360,19 @@ def paused():
         _PAUSED.clear()
 
 
+def active() -> bool:
+    """Whether scoring now is captured (the shadow scorer skips its work when it is not)."""
+    return os.environ.get(ENV_SWITCH, "1") != "0" and not _PAUSED.is_set()
+
+
 def record(context, model_input: pd.DataFrame, images: list, texts: list,
-           output: pd.DataFrame) -> None:
-    """The pyfunc's one call: queue a scored batch for the capture log (no-op when off)."""
+           output: pd.DataFrame, scored_by: dict | None = None, role: str = SERVED,
+           request_id: str | None = None) -> None:
+    """The pyfunc's one call: queue a scored batch for the capture log (no-op when off).
+    `scored_by`: name, version and run of the model that scored it; `role`: served or shadow;
+    `request_id`: the scored batch, shared by its served and shadow rows."""
     global _LOG
-    if os.environ.get(ENV_SWITCH, "1") == "0" or _PAUSED.is_set() or not images:
+    if not active() or not images:
         return
     if _LOG is None:
         with _LOG_LOCK:
@@ -372,7 +394,8 @@ def record(context, model_input: pd.DataFrame, images: list, texts: list,
                     return resolved
 
                 _LOG = CaptureLog(settings, log_location(settings), identity)
-    _LOG.record(model_input["image"].tolist(), images, texts, output)
+    _LOG.record(model_input["image"].tolist(), images, texts, output, scored_by, role,
+                request_id)
 
 
 def flush() -> int:
@@ -394,8 +417,11 @@ def parse_since(since: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * UNIT_SECONDS[match.group(2)])
 
 
-def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None) -> pd.DataFrame:
-    """Captured rows at or after `cutoff`, oldest first (empty when there are none)."""
+def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None,
+             roles: tuple[str, ...] | None = (SERVED,)) -> pd.DataFrame:
+    """Captured rows at or after `cutoff`, oldest first (empty when there are none). Only the
+    rows of `roles` (default: what clients were answered; None: every row); parts written
+    before rows had a role hold served rows only. A column a part lacks reads as null."""
     import pyarrow.parquet as pq
     from pyarrow import fs
 
@@ -408,10 +434,19 @@ def read_log(uri: str, cutoff: datetime, columns: list[str] | None = None) -> pd
                    and Path(f.path).parent.name >= first_day)
     if not files:
         return pd.DataFrame()
-    wanted = None if columns is None else sorted({"time", *columns})
-    frame = pd.concat([pq.read_table(f, filesystem=filesystem, columns=wanted).to_pandas()
-                       for f in files], ignore_index=True)
+    wanted = None if columns is None else sorted({"time", "role", *columns})
+
+    def read(path: str) -> pd.DataFrame:
+        present = pq.read_schema(path, filesystem=filesystem).names
+        return pq.read_table(path, filesystem=filesystem, columns=None if wanted is None else
+                             [c for c in wanted if c in present]).to_pandas()
+
+    frame = pd.concat([read(f) for f in files], ignore_index=True)
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *(wanted or ["role"])])))
+    frame["role"] = frame["role"].fillna(SERVED)
     frame = frame[frame["time"] >= pd.Timestamp(cutoff)]
+    if roles is not None:
+        frame = frame[frame["role"].isin(roles)]
     return frame.sort_values("time", kind="stable").reset_index(drop=True)
 
 

@@ -160,9 +160,11 @@ def predict_version(name: str, version: str, test: pd.DataFrame) -> pd.DataFrame
     """One registered version's served answers on the test frame."""
     import mlflow
 
+    from pipeline import serving
     from pipeline.monitoring import capture
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    # pinned: this version's answers, never a swapped-in @champion (pipeline/hot_swap.py)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", model_config=serving.PINNED)
     with capture.paused():  # the gate's test set is not traffic
         return model.predict(test[["image", "text"]])
 

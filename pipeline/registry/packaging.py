@@ -3,6 +3,8 @@ the pipeline package, a signature, an input example and pinned requirements."""
 from __future__ import annotations
 
 import base64
+import os
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pandas as pd
 from pipeline.params import Params
 from pipeline.taxonomy import class_names
 
+INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"  # MLflow's load-time overrides
 PACKAGE_DIR = Path(__file__).parent.parent
 SERVING_CODE = PACKAGE_DIR / "serving.py"
 # What the served model imports, pinned to the versions installed here.
@@ -34,6 +37,8 @@ def _signature_and_example(task: str):
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "text")])
     outputs = Schema([ColSpec("string", "label"), ColSpec("long", "label_index")]
                      + [ColSpec("double", probability_column(n)) for n in names]
+                     # the version that scored the request (null when the registry could not say)
+                     + [ColSpec("string", "model_version", required=False)]
                      # binary: 1 = flagged at the served operating threshold
                      + ([ColSpec("long", "decision", required=False)] if len(names) == 2
                         else []))
@@ -74,9 +79,30 @@ def log_pyfunc(model_dir: Path, params: Params, operating=None):
     from pipeline import serving
 
     signature, example = _signature_and_example(params.task)
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
-        artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
-        pip_requirements=pinned_requirements(),
-        model_config=serving.model_config(params)
-        | (operating.as_config() if operating is not None else {}))
+    with _pinned_loads():
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(SERVING_CODE), code_paths=[str(PACKAGE_DIR)],
+            artifacts={"model_dir": str(model_dir)}, signature=signature, input_example=example,
+            pip_requirements=pinned_requirements(),
+            model_config=serving.model_config(params)
+            | (operating.as_config() if operating is not None else {}))
+
+
+@contextmanager
+def _pinned_loads():
+    """MLflow loads the model it logs once, to try the input example: pinned through MLflow's
+    load-time config variable, so that load follows no alias and starts no shadow
+    (pipeline/hot_swap.py). The variable is put back as it was."""
+    import json
+
+    from pipeline import serving
+
+    saved = os.environ.get(INFERENCE_CONFIG_VARIABLE)
+    os.environ[INFERENCE_CONFIG_VARIABLE] = json.dumps(serving.PINNED)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(INFERENCE_CONFIG_VARIABLE, None)
+        else:
+            os.environ[INFERENCE_CONFIG_VARIABLE] = saved

@@ -182,7 +182,7 @@ def test_registered_version_carries_signature_requirements_and_lineage(project, 
         config = mlflow.models.Model.load(uri).flavors["python_function"]["config"]
     assert info.signature.inputs.input_names() == ["image", "text"]
     assert info.signature.outputs.input_names() == ["label", "label_index", "prob_not_hateful",
-                                                    "prob_hateful", "decision"]
+                                                    "prob_hateful", "model_version", "decision"]
     assert f"torch=={metadata.version('torch')}" in pins and "open_clip_torch==" in pins
     # the served operating point: tags, and the model's config (what the served model applies)
     assert (tags["operating.threshold"], tags["operating.fpr_target"],

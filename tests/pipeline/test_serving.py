@@ -142,7 +142,8 @@ def test_served_champion_answers_invocations(served, champion):
     response = requests.post(f"{served}/invocations", json=payload, timeout=60)
     assert response.status_code == 200, response.text
     predictions = pd.DataFrame(response.json()["predictions"])
-    assert list(predictions.columns) == ["label", "label_index", *PROBS]
+    assert list(predictions.columns) == ["label", "label_index", *PROBS, "model_version",
+                                         "decision"]
     assert set(predictions["label"]) <= {"not_hateful", "hateful"}
     np.testing.assert_allclose(predictions[PROBS].sum(axis=1), 1.0, atol=1e-5)
 
