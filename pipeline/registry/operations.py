@@ -157,7 +157,7 @@ def gate_test_frame(paths: Paths) -> pd.DataFrame:
 
 
 def predict_version(name: str, version: str, test: pd.DataFrame) -> pd.DataFrame:
-    """One registered version's served answers on the test frame."""
+    """One registered version's served answers on the test frame (pinned to that version)."""
     import mlflow
 
     from pipeline import serving
