@@ -424,8 +424,8 @@ def run(params: Params, paths: Paths, reference_manifest: Path | None = None,
     if champion and reference_manifest is not None:
         reference.where = f"the champion's training reference {reference.where}"
     elif champion:
-        reference.where += (f" (no champion reference at "
-                            f"{_shown(champion_reference(paths), paths.root)}: nothing promoted yet)")
+        missing = _shown(snapshot, paths.root)
+        reference.where += f" (no champion reference at {missing}: nothing promoted yet)"
     if since is not None:
         if current_manifest is not None:
             raise StageFailed("give either a current manifest or --since, not both")
