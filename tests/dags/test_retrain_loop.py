@@ -5,13 +5,17 @@ project, in the order the loop runs in production:
 2. an incoming batch like the training data: the drift monitor records it and stops;
 3. a shifted batch: the monitor emits the drift Asset event, which queues the retrain;
 4. the retrain that event schedules: it ingests the batch, and a gate made unreachable refuses
-   the challenger, yet the run ends green with the champion unchanged and the reasons tagged.
+   the challenger, yet the run ends green with the champion unchanged and the reasons tagged;
+5. traffic the champion scores after that: `mmguard drift --since` judges it against the
+   champion's training reference, not the workspace's manifest the refused retrain moved on.
 
-One project and one metadata DB serve every assertion; this is the expensive DAG tier (`slow`).
+Drift runs with the shipped `drift` params throughout. One project and one metadata DB serve
+every assertion; this is the expensive DAG tier (`slow`).
 """
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tests.dags.airflow_child import run_child
-from tests.project import SMALL, make_project, run
+from tests.project import SMALL, make_project, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -92,12 +96,9 @@ def _set_params(root: Path, **sections) -> None:
 def loop(tmp_path_factory, migrated_db):
     base = tmp_path_factory.mktemp("loop")
     # The source is chosen by the DAG's param, not by params.yaml: start from another one.
-    root = make_project(base / "project", {**SMALL, "ingest": {"sources": ["hateful_memes"]},
-                                           # The default MMD threshold (0.01) is measured on
-                                           # 200 rows a side; on this 36-row batch an undrifted
-                                           # sample read 0.016 (the estimate grows like 1/n).
-                                           "drift": {"drift_share": 0.3,
-                                                     "embeddings": {"threshold": 0.02}}})
+    # The shipped drift params: the verdict is calibrated per comparison, so a 36-row batch
+    # needs no threshold of its own.
+    root = make_project(base / "project", {**SMALL, "ingest": {"sources": ["hateful_memes"]}})
     home = base / "airflow_home"
     env = {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False", "OMP_NUM_THREADS": "1"}
     steps = {}
@@ -119,7 +120,25 @@ def loop(tmp_path_factory, migrated_db):
     _set_params(root, registry={"gate": {"min_auroc": 1.0, "min_top1": 1.0, "min_top2": 1.0,
                                          "regression_tolerance": 0.0}})
     dag("retrain", "mmguard_retrain", {})
+    steps["traffic"] = _serve_and_judge_traffic(root, rows)
     return root, steps
+
+
+def _serve_and_judge_traffic(root: Path, rows: list[dict]) -> dict:
+    """After the refused retrain: the champion scores the undrifted test items as traffic
+    (`mmguard predict`, captured), then `mmguard drift --since 1h` judges that traffic."""
+    source = root / "data/synthetic/hateful_memes"
+    requests = root / "traffic.jsonl"
+    requests.write_text("".join(json.dumps({"image": str(source / row["img"]),
+                                            "text": row["text"]}) + "\n" for row in rows))
+    env = {**project_env(), "MMGUARD_CAPTURE": "1"}  # the test session turns capture off
+    for command in (["mmguard", "predict", "--model", f"models:/{MODEL}@champion", "--input",
+                     str(requests), "--output", str(root / "traffic-predictions.parquet"),
+                     "--images-dir", str(source)],
+                    ["mmguard", "drift", "--since", "1h", "--out", str(root / "traffic-drift")]):
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((root / "traffic-drift" / "drift.json").read_text())
 
 
 def _client(root: Path) -> MlflowClient:
@@ -219,3 +238,16 @@ def test_refused_challenger_ends_green_with_champion_unchanged(loop):
     for reason in decision["reasons"]:
         assert reason in retrain["log"]
     assert any(reason in " ".join(challenger.tags.values()) for reason in decision["reasons"])
+
+
+def test_traffic_after_the_refused_retrain_is_judged_against_the_champions_reference(loop):
+    root, steps = loop
+    traffic = steps["traffic"]
+    snapshot = "artifacts/monitoring/reference/manifest.parquet"
+    assert traffic["reference"] == f"the champion's training reference {snapshot}"
+    # The workspace's train split grew by the shifted batch; the champion never saw it.
+    champion_rows = len(pd.read_parquet(root / snapshot))
+    manifest = pd.read_parquet(root / "artifacts/dedupe/manifest.parquet")
+    assert traffic["n_reference"] == champion_rows < int((manifest["split"] == "train").sum())
+    assert traffic["n_current"] == steps["batch_rows"]
+    assert traffic["dataset_drift"] is False and traffic["dropped_rows"] == 0
