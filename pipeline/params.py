@@ -305,6 +305,9 @@ class MonitoringParams(Section):
     # capture writer, at exit for `mmguard predict`); past it the rows keep model_version null
     # instead of MLflow's minutes of retries. Whole seconds: MLflow reads it as an int.
     registry_timeout_s: int = Field(5, ge=1, le=120)
+    # `mmguard review purge` removes captured traffic (and the review copies made from it)
+    # older than this many days.
+    retention_days: int = Field(30, ge=1)
 
 
 class TextPeerParams(Section):
@@ -425,6 +428,20 @@ class ServingParams(Section):
         return self
 
 
+class ReviewParams(Section):
+    """The human review queue (pipeline/review/): which captured rows people label."""
+
+    # binary: a row whose P(positive) lies within `band` of the served threshold is uncertain
+    band: float = Field(0.1, ge=0, le=0.5)
+    # seven classes: a row whose top-1 probability is below this, or whose top-1 minus top-2
+    # margin is below `margin_below`, is uncertain
+    top1_below: float = Field(0.5, ge=0, le=1)
+    margin_below: float = Field(0.2, ge=0, le=1)
+    qc_rows: int = Field(10, ge=0)  # confident rows drawn at random for quality control
+    max_items: int = Field(200, ge=1)  # rows one queue run may pick, in priority order
+    seed: int = 0  # the QC sample's draw
+
+
 class Params(Section):
     task: Task = "hateful_memes"
     synthetic: SyntheticParams = SyntheticParams()
@@ -444,6 +461,7 @@ class Params(Section):
     registry: RegistryParams = RegistryParams()
     airflow: AirflowParams = AirflowParams()
     serving: ServingParams = ServingParams()
+    review: ReviewParams = ReviewParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               protected_namespaces=())
