@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-slow test-hostile browser bench bench-gpu gpu-wheels quality drift-power lock clean
+.PHONY: install run test test-slow test-hostile browser label-studio bench bench-gpu gpu-wheels quality drift-power lock clean
 
 .venv/installed: pyproject.toml requirements.lock
 	test -x $(PY) || python3.11 -m venv .venv
@@ -47,7 +47,18 @@ browser:
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
-test-slow: install browser
+# Label Studio for the review loop (README, "Review loop") in its own venv, so its pins (Django
+# and friends) never move the project's; the slow tier runs a real server from it. sentry-sdk 3
+# refuses an option Label Studio 1.23 passes at start, hence its pin.
+LABEL_STUDIO := label-studio==1.23.2 sentry-sdk==2.76.0
+.venv-labelstudio/installed: .venv/installed
+	$(UV) venv -q --allow-existing --python python3.11 .venv-labelstudio
+	$(UV) pip install --python .venv-labelstudio/bin/python -q $(LABEL_STUDIO)
+	touch $@
+
+label-studio: .venv-labelstudio/installed
+
+test-slow: install browser label-studio
 	$(PY) -m pytest tests -m slow --durations=25
 
 # The hostile-input corpus (every source format, every bad row kind) through the data stages.
