@@ -19,10 +19,11 @@ def test_inputs_to_pull_are_the_dvc_managed_deps_only():
     # the embed stage's feature cache travels like the shards
     assert set(dvc_graph.inputs_to_pull(REPO, "train")) == {"artifacts/embeddings",
                                                              "artifacts/shards"}
-    # mlflow_run.json is cached so evaluate on another worker can pull it
+    # mlflow_run.json is cached so evaluate on another worker can pull it; the clean manifest
+    # carries the grouping columns evaluate slices by
     assert set(dvc_graph.inputs_to_pull(REPO, "evaluate")) == {
         "artifacts/embeddings", "artifacts/shards", "artifacts/model",
-        "artifacts/train/mlflow_run.json"}
+        "artifacts/train/mlflow_run.json", "artifacts/dedupe/manifest.parquet"}
 
 
 def test_foreach_stages_are_refused_clearly(tmp_path):
