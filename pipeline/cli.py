@@ -332,6 +332,66 @@ def shadow_report(since: str = typer.Option("24h", "--since", help="window of ca
         raise typer.Exit(1) from None
 
 
+review_app = typer.Typer(no_args_is_help=True, help="The human review loop: queue captured "
+                         "rows for Label Studio, import the labels, purge traffic.")
+app.add_typer(review_app, name="review")
+
+
+def _review_call(what: str, call):
+    """A review command's result as JSON; a clear error exits 1."""
+    try:
+        _print(call())
+    except StageFailed as exc:
+        typer.secho(f"review {what} failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@review_app.command("queue")
+def review_queue(since: str = typer.Option("24h", "--since", help="window of captured traffic, "
+                                           "e.g. 24h, 30m, 7d"),
+                 params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Pick captured rows for review (shadow disagreements, rows near the served threshold, a
+    random QC sample; params.yaml `review`) into data/review/queued/<batch>/: Label Studio
+    tasks.json + label_config.xml, images, manifest.jsonl, stats.json."""
+    from pipeline.review import queue
+
+    _review_call("queue", lambda: queue.build_queue(_load(params), root, since))
+
+
+@review_app.command("import")
+def review_import(exports: list[Path] = typer.Argument(None, help="Label Studio JSON exports "
+                                                       "(none: every file in "
+                                                       "data/review/returned/, moved to "
+                                                       "data/review/done/ once imported)"),
+                  params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Validate reviewed labels and write them as a batch in data/incoming/ (jsonl layout);
+    bad tasks go to data/review/imports/<name>/quarantine.jsonl with their reason."""
+    from pipeline.review import importer
+
+    loaded = _load(params)
+    _review_call("import", lambda: [importer.import_export(loaded, root, e) for e in exports]
+                 if exports else importer.import_returned(loaded, root))
+
+
+@review_app.command("purge")
+def review_purge(older_than: int = typer.Option(None, "--older-than", min=1, help="days "
+                                                "(default monitoring.retention_days)"),
+                 image_sha256: str = typer.Option(None, "--image-sha256", help="take down "
+                                                  "every copy of this image"),
+                 params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:
+    """Remove captured traffic and every review copy made of it: by age, or by image hash (a
+    takedown). Prints what was removed per place and what was not, and why."""
+    from pipeline.review import purge
+
+    loaded = _load(params)
+    if image_sha256 is not None and older_than is not None:
+        typer.secho("give --older-than or --image-sha256, not both", fg="red", err=True)
+        raise typer.Exit(2)
+    _review_call("purge", lambda: purge.purge_image(loaded, root, image_sha256)
+                 if image_sha256 is not None else purge.purge_older_than(loaded, root,
+                                                                          older_than))
+
+
 @app.command()
 def checkout(version: str = typer.Option(..., "--version", help="registered version number"),
              params: Path = PARAMS_OPTION, root: Path = ROOT_OPTION) -> None:

@@ -69,7 +69,8 @@ def read_export(path: Path) -> list[dict]:
         raise StageFailed(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); expected "
                           "Label Studio's JSON export") from None
     except json.JSONDecodeError as exc:
-        cut = " (the file ends early: truncated?)" if exc.pos >= len(raw.rstrip()) else ""
+        ends_early = exc.pos >= len(raw.rstrip()) or exc.msg.startswith("Unterminated string")
+        cut = " (the file ends early: truncated?)" if ends_early and raw.strip() else ""
         raise StageFailed(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
                           f"{exc.msg}{cut}; nothing was imported") from None
     if not isinstance(tasks, list):
