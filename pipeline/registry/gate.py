@@ -13,7 +13,8 @@ and the champion on the same test rows with a paired bootstrap (pipeline/bootstr
   -recall_tolerance refuses);
 - slices (pipeline/registry/slices.py): no source, class or group slice may regress beyond its
   interval;
-- and the checks, rolled-back and text-peer criteria below, as in the point-estimate rule.
+- and the checks, rolled-back and text-peer criteria below, as in the point-estimate rule;
+- with `require_shadow_rows` set, enough shadow rows of the challenger (`shadow_reason`).
 `decide_point_estimate` is the older rule on point scores, kept to show what it would have said
 (decision reports, tests/bench/test_bench_gate.py).
 
@@ -125,6 +126,23 @@ def text_peer_reason(task: str, gate: GateParams, challenger: dict, text_peer: d
                 f"{fmt(new - peer)} (must be > {need})")
     return (f"FAIL: {name} {fmt(new)} does not beat the text peer's {fmt(peer)} by more than "
             f"{need} (gain {fmt(new - peer)})")
+
+
+def shadow_reason(required: int, shadow_rows: int | None, has_champion: bool) -> str | None:
+    """The `require_shadow_rows` criterion: the challenger must have scored at least `required`
+    served requests in shadow (pipeline/monitoring/shadow.py) before it may replace a champion.
+    None when not required (0). With no champion nothing served traffic to shadow, so it
+    passes; `shadow_rows` None means the capture log could not be read, which fails."""
+    if required <= 0:
+        return None
+    if not has_champion:
+        return "PASS: no champion yet, so no served traffic to shadow"
+    if shadow_rows is None:
+        return (f"FAIL: {required} shadow rows are required but the capture log could not be "
+                "read")
+    ok = shadow_rows >= required
+    return (f"{'PASS' if ok else 'FAIL'}: {shadow_rows} shadow rows scored by this version in "
+            f"the traffic window (required: at least {required})")
 
 
 def decide_point_estimate(task: str, gate: GateParams, checks_passed: bool, challenger: dict,

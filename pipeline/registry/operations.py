@@ -27,7 +27,7 @@ from pipeline.params import Params
 from pipeline.paths import Paths
 from pipeline.registry import history, lineage, packaging, report
 from pipeline.registry.gate import (
-    KEEP, PROMOTE, GateDecision, GateRows, ModelRows, decide, fmt, point_scores,
+    KEEP, PROMOTE, GateDecision, GateRows, ModelRows, decide, fmt, point_scores, shadow_reason,
 )
 from pipeline.registry.store import (
     CHALLENGER, CHAMPION, MAX_TAG_CHARS, PREVIOUS, RegistryError, alias_number, alias_version,
@@ -304,6 +304,20 @@ def _write_gate_files(client, paths: Paths, decision: GateDecision, challenger_r
         decision.evidence["report_artifact"] = f"runs:/{challenger_run}/{where}/report.html"
 
 
+def _shadow_rows(params: Params, paths: Paths, version: str) -> int | None:
+    """Shadow rows `version` scored in monitoring.traffic_window; None when the capture log
+    cannot be read (the reason says so). Read only when the gate requires any."""
+    if params.registry.gate.require_shadow_rows <= 0:
+        return None
+    from pipeline.monitoring import shadow  # pyarrow filesystems: only when asked for
+
+    try:
+        return shadow.shadow_rows(params, paths.root, version=version)
+    except OSError as err:
+        print(f"gate: cannot read the capture log for shadow rows: {err}", file=sys.stderr)
+        return None
+
+
 def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateDecision:
     """Score @challenger against @champion on the current test set and decide; moves nothing.
     The decision and its reasons become tags of the challenger version (except when the
@@ -340,6 +354,11 @@ def gate(params: Params, paths: Paths, allow_rolled_back: bool = False) -> GateD
                 test_samples=len(test))
             for side, found in evidence["calibration"].items():
                 found |= lineage.calibration_record(tags[side])
+            shadow = shadow_reason(params.registry.gate.require_shadow_rows,
+                                   _shadow_rows(params, paths, version), seen is not None)
+            if shadow is not None:
+                reasons.append(shadow)
+                promoted = promoted and shadow.startswith("PASS")
             labels = test["label"].to_numpy(dtype=int)
             decision = GateDecision(
                 PROMOTE if promoted else KEEP, name, version, seen, reasons,
