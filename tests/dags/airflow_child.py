@@ -27,7 +27,8 @@ for dag_id, dag in bag.dags.items():
     result["dags"][dag_id] = {
         "schedule": type(timetable).__name__,
         "assets": sorted(a.name for a in getattr(timetable.asset_condition, "objects",
-                                                 [timetable.asset_condition])),
+                                                 [timetable.asset_condition])
+                       if a is not None),  # a plain time schedule has no asset condition
         "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
         "params": {k: dag.params[k] for k in dag.params.keys()},
         "tasks": {t.task_id: {

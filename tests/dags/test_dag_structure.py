@@ -99,6 +99,7 @@ def test_gate_is_a_branch_and_recording_steps_run_either_way(dags):
 def test_the_project_folder_is_not_a_trigger_param(dags):
     assert dags["mmguard_retrain"]["params"] == {"source": []}
     assert dags["mmguard_drift_monitor"]["params"] == {}
+    assert dags["mmguard_review"]["params"] == {}
 
 
 def test_drift_monitor_and_retrain_are_linked_by_assets(dags):
@@ -113,6 +114,17 @@ def test_drift_monitor_and_retrain_are_linked_by_assets(dags):
     assert not any(t["outlets"] for name, t in tasks.items() if name != "announce_drift")
     for dag in (monitor, retrain):
         assert (dag["catchup"], dag["max_active_runs"]) == (False, 1)
+
+
+def test_review_imports_into_the_asset_the_drift_monitor_watches(dags):
+    review = dags["mmguard_review"]
+    assert review["schedule"] == "CronTriggerTimetable"
+    assert (review["catchup"], review["max_active_runs"]) == (False, 1)
+    tasks = review["tasks"]
+    assert tasks["exports_waiting"]["downstream"] == ["import_returned"]
+    assert tasks["import_returned"]["outlets"] == ["mmguard_incoming_batch"]
+    assert tasks["build_queue"]["outlets"] == [] and tasks["build_queue"]["downstream"] == []
+    assert dags["mmguard_drift_monitor"]["assets"] == ["mmguard_incoming_batch"]
 
 
 def test_every_task_alerts_on_failure(dags):
