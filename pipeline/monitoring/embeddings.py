@@ -54,9 +54,13 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
     version = store.alias_version(client, name, registry.CHAMPION)
     if version is None:
         return None
+    from pipeline import serving
+
     with tracking.using_uri(uri):
-        # The served pyfunc's own loader, so drift sees exactly the weights that serve traffic.
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
+        # The served pyfunc's own loader, so drift sees exactly the weights that serve traffic;
+        # the version the alias named, pinned: no thread that follows the alias mid-stage.
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}",
+                                          model_config=serving.PINNED)
     return MonitoredModel(pyfunc.unwrap_python_model().model,
                           f"models:/{name}@{registry.CHAMPION} (version {version.version})",
                           version.run_id)
