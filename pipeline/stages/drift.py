@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import contracts, drift_features, drift_verdict
+from pipeline import atomic, contracts, drift_features, drift_verdict
 from pipeline.errors import StageFailed
 from pipeline.monitoring import capture
 from pipeline.params import DriftParams, Params
@@ -272,8 +272,9 @@ def compare(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftParam
           for frame in (current_units, reference_units)))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(out_dir / "report.html"))
-        snapshot.save_json(str(out_dir / "report.json"))
+        # atomic: a killed stage leaves the previous report, never half of one
+        atomic.write_with(out_dir / "report.html", lambda tmp: snapshot.save_html(str(tmp)))
+        atomic.write_with(out_dir / "report.json", lambda tmp: snapshot.save_json(str(tmp)))
 
     columns = _column_results(snapshot.dict())
     missing = sorted(set(tested) - set(columns))
@@ -319,9 +320,11 @@ def _write_verdict_only_reports(out_dir: Path, reason: str) -> None:
     """The report files still exist (DVC declares them) and say why there is no report."""
     from html import escape
 
-    (out_dir / "report.html").write_text(
+    atomic.write_text(
+        out_dir / "report.html",
         f"<!doctype html><title>drift</title><h1>No drift report</h1><p>{escape(reason)}</p>\n")
-    (out_dir / "report.json").write_text(json.dumps({"verdict": reason, "metrics": []}) + "\n")
+    atomic.write_text(out_dir / "report.json",
+                      json.dumps({"verdict": reason, "metrics": []}) + "\n")
 
 
 def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_dir: Path) -> dict:
@@ -359,13 +362,13 @@ def judge(params: Params, paths: Paths, reference: Batch, current: Batch, out_di
     summary = {key: stats[key] for key in SUMMARY_KEYS if key in stats}
     if "dropped_rows" in stats:  # captured traffic: rows the capture writer had to drop
         summary["dropped_rows"] = stats["dropped_rows"]
-    (out_dir / "drift.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    atomic.write_json(out_dir / "drift.json", summary)
+    atomic.write_json(out_dir / "stats.json", stats)
     if monitored is not None and settings.log_to_mlflow:
         stats["mlflow_run_id"] = reports.log_drift_reports(params, paths.root, monitored.run_id,
                                                            out_dir, summary)
         # Where the reports went, for whoever reads stats.json next.
-        (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        atomic.write_json(out_dir / "stats.json", stats)
     return {**summary, "unreadable_images": context["unreadable_images"],
             "families": {k: v["drifted"] for k, v in result.get("families", {}).items()}}
 
