@@ -1,8 +1,8 @@
 """mmguard_review runs for real (`dag.test()` on SQLite, the real `mmguard review` commands) on
 a planted capture log and a planted Label Studio export: it queues the new traffic, imports the
 export as an incoming batch, moves it to done/, and its import task emits the incoming-batch
-Asset event that schedules the drift monitor. (A run with no export waiting skips the import
-and emits nothing: tests/review/test_review_loop.py, slow tier.)"""
+Asset event that schedules the drift monitor. (A run with no export waiting, where
+`exports_waiting` skips the import, is not run: one dag.test() is what the fast tier affords.)"""
 from __future__ import annotations
 
 import json
