@@ -10,7 +10,9 @@ exactly like the tag would.
 """
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -94,6 +96,24 @@ def create_towers(name: str, pretrained: str | None) -> Towers:
     return Towers(clip=clip, preprocess=preprocess, tokenizer=tokenizer, embed_dim=embed_dim)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _without_random_init_warning():
+    """open_clip warns that the model is "initialized randomly" whenever it loads no CLIP
+    checkpoint itself; here the packaged weights (or a saved model's) are loaded right after, so
+    the warning would tell the user the opposite of what happens."""
+    root, dropped = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(dropped)
+    try:
+        yield
+    finally:
+        root.removeFilter(dropped)
+
+
 def _packaged_towers(name: str, spec: PackagedModel, load_weights: bool) -> Towers:
     """open_clip builds a CustomTextCLIP (HF text tower, timm image tower) with random weights,
     then the packaged files fill both trunks (checked tensor by tensor); the projections stay
@@ -101,8 +121,9 @@ def _packaged_towers(name: str, spec: PackagedModel, load_weights: bool) -> Towe
     folder = str(spec.text_folder())
     text_cfg = {**open_clip.get_model_config(name)["text_cfg"], "hf_model_name": folder,
                 "hf_tokenizer_name": folder}
-    clip = open_clip.create_model(name, pretrained=None, device="cpu", text_cfg=text_cfg,
-                                  pretrained_hf=False, force_preprocess_cfg=LITE_NORMALISATION)
+    with _without_random_init_warning():
+        clip = open_clip.create_model(name, pretrained=None, device="cpu", text_cfg=text_cfg,
+                                      pretrained_hf=False, force_preprocess_cfg=LITE_NORMALISATION)
     if load_weights:
         load_packaged_weights(clip, spec)
     preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)

@@ -3,6 +3,7 @@ every fine-tune mode, and the quirks of real meme captions."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 
 import numpy as np
@@ -223,3 +224,15 @@ def test_frozen_and_lora_keep_batchnorm_statistics(photos):
 def test_packaged_config_accepts_only_its_own_weights():
     with pytest.raises(ValueError, match="'packaged'"):
         create_towers(NAME, "laion2b_s34b_b79k")
+
+
+def test_building_the_packaged_model_does_not_claim_random_weights(caplog):
+    # open_clip logs "initialized randomly" when it loads no CLIP checkpoint itself; the packaged
+    # trunks are loaded right after, so that warning would be false here (the tiny config, which
+    # is random, still gets it)
+    with caplog.at_level(logging.WARNING):
+        packaged()
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        build_from_model_params(ModelParams(name="tiny"), "hateful_memes", seed=0)
+    assert [r for r in caplog.records if "initialized randomly" in r.getMessage()]
