@@ -1,8 +1,8 @@
 """mmguard_review runs for real (`dag.test()` on SQLite, the real `mmguard review` commands) on
 a planted capture log and a planted Label Studio export: it queues the new traffic, imports the
 export as an incoming batch, moves it to done/, and its import task emits the incoming-batch
-Asset event that schedules the drift monitor. (A run with no export waiting, where
-`exports_waiting` skips the import, is not run: one dag.test() is what the fast tier affords.)"""
+Asset event that schedules the drift monitor. A run with no export waiting skips the import
+and emits nothing (slow tier: a second dag.test() run)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import shutil
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
+import pytest
 import yaml
 
 from pipeline.params import parse_params
@@ -27,12 +28,26 @@ def _rows(numbers, now):
     return rows
 
 
-def test_review_dag_queues_imports_and_announces_the_batch(tmp_path, migrated_db):
+def _project(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     settings = yaml.safe_load((REPO / "params.yaml").read_text())
     settings["review"].update(band=0.5, qc_rows=0)  # every planted row is uncertain
     (project / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return project, settings
+
+
+def _run_review_dag(project, tmp_path, migrated_db) -> dict:
+    dags = tmp_path / "dags"  # this DAG alone: parsing the retrain DAG too costs seconds
+    dags.mkdir()
+    for name in ("_common.py", "review.py"):
+        shutil.copy2(REPO / "dags" / name, dags)
+    return run_child(RUN_DAG, project, tmp_path / "home", "mmguard_review", "{}",
+                     db=migrated_db, dags=dags, timeout=600)
+
+
+def test_review_dag_queues_imports_and_announces_the_batch(tmp_path, migrated_db):
+    project, settings = _project(tmp_path)
     now = datetime.now(timezone.utc)
     log = project / "artifacts/monitoring/log"
     write_log(log, _rows(range(1, 4), now), part="part-1")
@@ -45,12 +60,7 @@ def test_review_dag_queues_imports_and_announces_the_batch(tmp_path, migrated_db
     (returned / "export.json").write_text(json.dumps(export(tasks, {})))
     write_log(log, _rows(range(4, 6), now), part="part-2")  # today's new traffic
 
-    dags = tmp_path / "dags"  # this DAG alone: parsing the retrain DAG too costs seconds
-    dags.mkdir()
-    for name in ("_common.py", "review.py"):
-        shutil.copy2(REPO / "dags" / name, dags)
-    result = run_child(RUN_DAG, project, tmp_path / "home", "mmguard_review", "{}",
-                       db=migrated_db, dags=dags, timeout=600)
+    result = _run_review_dag(project, tmp_path, migrated_db)
     assert result["state"] == "success", result["log"][-4000:]
     assert result["tasks"] == {"build_queue": "success", "exports_waiting": "success",
                                "import_returned": "success"}
@@ -63,3 +73,13 @@ def test_review_dag_queues_imports_and_announces_the_batch(tmp_path, migrated_db
     assert (project / "data/review/done/export.json").exists()
     # the Asset the drift monitor is scheduled on (test_dag_structure checks that link)
     assert result["events"] == [{"asset": "mmguard_incoming_batch", "extra": {}}]
+
+
+@pytest.mark.slow  # a second dag.test() run: more than the fast tier affords
+def test_with_no_export_waiting_the_import_is_skipped_and_nothing_announced(tmp_path,
+                                                                          migrated_db):
+    project, _ = _project(tmp_path)
+    result = _run_review_dag(project, tmp_path, migrated_db)
+    assert result["tasks"] == {"build_queue": "success", "exports_waiting": "success",
+                               "import_returned": "skipped"}
+    assert result["events"] == [] and not (project / "data/incoming").exists()
