@@ -209,7 +209,13 @@ def purge_image(params: Params, root: Path, image_sha256: str) -> dict:
             image.unlink()
             result["queued"]["images"] += 1
     for export in _exports(root):
-        result["exports"]["tasks"] += _rewrite_json_list(export, lambda t: _task_hash(t) == sha)
+        try:
+            result["exports"]["tasks"] += _rewrite_json_list(export,
+                                                             lambda t: _task_hash(t) == sha)
+        except (ValueError, AttributeError):  # not a JSON list of tasks: cannot be searched
+            result["not_purged"].append({"place": str(export), "why": "not a readable Label "
+                                         "Studio export, so it could not be searched; check "
+                                         "it by hand or delete it"})
     for report in _folders(review_dir(root) / "imports"):
         if (report / "quarantine.jsonl").is_file():
             result["import_reports"]["rows"] += _rewrite_jsonl(

@@ -58,12 +58,15 @@ def test_a_takedown_removes_every_copy(loop):
     root, tasks = loop
     sha = sha_of(TAKEN_DOWN)
     assert sha in _everything(root)
+    (root / "data/review/returned/cut.json").write_text('[{"data": {"image_sha256": "' + sha)
     result = purge.purge_image(PARAMS, root, sha.upper())
     assert result["capture_log"] == {"rows": 3, "parts_rewritten": 2, "parts_deleted": 0}
     assert result["queued"] == {"rows": 2, "images": 1}
     assert result["exports"]["tasks"] == 2 + 2  # two tasks in done/ and two in returned/
     assert result["incoming"]["rows"] + result["import_reports"]["rows"] == 2
-    assert result["not_purged"] == []
+    # a truncated export cannot be searched: named, not silently passed over
+    assert [Path(n["place"]).name for n in result["not_purged"]] == ["cut.json"]
+    (root / "data/review/returned/cut.json").unlink()
     assert sha not in _everything(root)
     assert not list(root.rglob(f"{sha}.*"))
     left = capture.read_log(capture.log_location(PARAMS.monitoring, root),
