@@ -1,4 +1,4 @@
-"""What both mmguard DAGs share: where the project lives, its params, how a command runs in it.
+"""What the mmguard DAGs share: where the project lives, its params, how a command runs in it.
 
 Tasks shell out to the project's own `mmguard` and `dvc` (its .venv/bin first on PATH) in the
 project folder. The project folder comes from the deployment, never from a trigger form:
