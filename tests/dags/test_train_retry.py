@@ -37,9 +37,11 @@ def _project(root: Path) -> Path:
         "registry": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}})
     (root / "params.yaml").write_text(yaml.safe_dump(
         params.model_dump(mode="json", by_alias=True), sort_keys=False))
-    # The repo's own train stage; code deps are left out (this folder holds no code).
+    # The repo's own train stage; code deps are left out (this folder holds no code), and so is
+    # the embedding cache: the tiny random-init model has no frozen pretrained trunk to cache.
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    stage["deps"] = [d for d in stage["deps"] if d.startswith("artifacts/")]
+    stage["deps"] = [d for d in stage["deps"]
+                     if d.startswith("artifacts/") and d != "artifacts/embeddings"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, env=project_env(),
                    check=True)
