@@ -29,7 +29,9 @@ from PIL import Image
 from tests.dags.airflow_child import run_child
 from tests.project import SMALL, make_project, project_env, run
 
-pytestmark = pytest.mark.slow
+# The module's fixture runs four DAG runs on the pretrained default (about 12 minutes on 2 idle
+# cores) inside the first test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 STAGES = ["ingest", "dedupe", "validate", "shard", "train", "evaluate", "checks", "drift"]
 MODEL = "mmguard-hateful_memes"
