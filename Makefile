@@ -48,12 +48,12 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 # Label Studio for the review loop (README, "Review loop") in its own venv, so its pins (Django
-# and friends) never move the project's; the slow tier runs a real server from it. sentry-sdk 3
-# refuses an option Label Studio 1.23 passes at start, hence its pin.
-LABEL_STUDIO := label-studio==1.23.2 sentry-sdk==2.76.0
-.venv-labelstudio/installed: .venv/installed
+# and friends) never move the project's; the slow tier runs a real server from it. Locked in
+# docker/label-studio-requirements.txt (sentry-sdk 3 refuses an option Label Studio 1.23 passes
+# at start, hence its pin there).
+.venv-labelstudio/installed: .venv/installed docker/label-studio-requirements.txt
 	$(UV) venv -q --allow-existing --python python3.11 .venv-labelstudio
-	$(UV) pip install --python .venv-labelstudio/bin/python -q $(LABEL_STUDIO)
+	$(UV) pip sync --python .venv-labelstudio/bin/python -q docker/label-studio-requirements.txt
 	touch $@
 
 label-studio: .venv-labelstudio/installed
