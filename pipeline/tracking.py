@@ -54,6 +54,12 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith(SQLITE_PREFIX)
 
 
+def missing_sqlite_store(uri: str) -> bool:
+    """A SQLite store whose file does not exist yet: readers must not open it, since opening it
+    creates an empty store (and registry)."""
+    return uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).is_file()
+
+
 @contextmanager
 def using_uri(uri: str) -> Iterator[str]:
     """MLflow's tracking and registry URIs point at `uri` inside the block, as before after it."""

@@ -38,8 +38,7 @@ def _champion(params: Params, root: Path) -> MonitoredModel | None:
     from pipeline import registry, tracking
 
     uri = tracking.tracking_uri(params, root)
-    store = uri[len(tracking.SQLITE_PREFIX):]
-    if uri.startswith(tracking.SQLITE_PREFIX) and not Path(store).exists():
+    if tracking.missing_sqlite_store(uri):
         return None  # never create an empty store just to find it has no champion
     import mlflow
 

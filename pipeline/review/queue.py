@@ -63,9 +63,7 @@ def _versions_thresholds(params: Params, root: Path, served: pd.DataFrame) -> di
     from pipeline import tracking
 
     uri = tracking.tracking_uri(params, root)
-    if uri.startswith(tracking.SQLITE_PREFIX) and \
-            not Path(uri[len(tracking.SQLITE_PREFIX):]).is_file():
-        # opening a missing SQLite store would create an empty registry
+    if tracking.missing_sqlite_store(uri):
         return found | {v: Threshold(FALLBACK_THRESHOLD, f"fallback {FALLBACK_THRESHOLD}: no "
                                      f"registry at {uri}") for v in known}
     try:
