@@ -16,7 +16,10 @@ export PYTHONUNBUFFERED := 1
 	test -x $(PY) || python3.11 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
 	# uv resolves against the lock as constraints, so a fresh machine gets the same versions.
-	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test]'
+	# --compile-bytecode: every stage is its own process importing torch, transformers, open_clip
+	# and mlflow; without .pyc files (none get written where PYTHONDONTWRITEBYTECODE is set, as
+	# on the machines this was measured on) each import compiles them again, seconds a process.
+	$(UV) pip install --python $(PY) -q --compile-bytecode -c requirements.lock -e '.[test]'
 	touch $@
 
 # What GX's Data Docs load from CDNs (bootstrap, jquery, bootstrap-table, font-awesome, vega...):
@@ -53,7 +56,7 @@ browser:
 # at start, hence its pin there).
 .venv-labelstudio/installed: .venv/installed docker/label-studio-requirements.txt
 	$(UV) venv -q --allow-existing --python python3.11 .venv-labelstudio
-	$(UV) pip sync --python .venv-labelstudio/bin/python -q docker/label-studio-requirements.txt
+	$(UV) pip sync --python .venv-labelstudio/bin/python -q --compile-bytecode docker/label-studio-requirements.txt
 	touch $@
 
 label-studio: .venv-labelstudio/installed
@@ -97,7 +100,7 @@ drift-power: install
 # and its test tier, which brings the stack up in a throwaway clone and runs the retrain DAG.
 .PHONY: stack-install test-stack
 .venv/stack-installed: .venv/installed .venv/report-assets
-	$(UV) pip install --python $(PY) -q -c requirements.lock -e '.[test,stack]'
+	$(UV) pip install --python $(PY) -q --compile-bytecode -c requirements.lock -e '.[test,stack]'
 	touch $@
 
 stack-install: .venv/stack-installed
