@@ -3,7 +3,7 @@
 The stage tasks and their edges are dvc.yaml's stage graph, read when the DAG is parsed
 (pipeline/orchestration/dvc_graph.py): adding a stage to dvc.yaml adds a task. Each runs only its
 own stage (`mmguard stage NAME`: `dvc repro --single-item NAME`, with pull/push around it when a
-DVC remote is configured), with its own retries and timeout from params.yaml's `airflow` section.
+DVC remote is configured, unless every task shares one workspace as in `mmguard run`), with its own retries and timeout from params.yaml's `airflow` section.
 GPU stages run in pool `gpu` and on queue `gpu`.
 
 The gate is a branch: a challenger it refuses ends the run green on `keep_champion`, the champion
@@ -22,6 +22,7 @@ from _common import (DEFAULT_ARGS, DRIFT_DETECTED, DVC, PARAMS, PROJECT_DIR, STA
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from pipeline.orchestration import dvc_graph
+from pipeline.orchestration.stage_runner import ONE_WORKSPACE
 from pipeline.sources import SOURCE_NAMES
 
 GATE_DECISION = "artifacts/gate/decision.json"
@@ -37,6 +38,11 @@ if unknown:
 def with_remote(command: str, otherwise: str) -> str:
     return (f'if dvc remote default >/dev/null 2>&1; then {command}; '
             f'else echo "{otherwise}"; fi')
+
+
+def unless_one_workspace(command: str, otherwise: str) -> str:
+    return (f'if [ "${{{ONE_WORKSPACE}:-}}" = 1 ]; then echo "{otherwise}"; '
+            f'else {command}; fi')
 
 
 @task.branch(task_id="gate")
@@ -91,9 +97,11 @@ with DAG(
 ) as dag:
     fetch = project_command("fetch", "mmguard land $SOURCES",
                             env={"SOURCES": "{{ params.source | join(' ') }}"}, retries=2)
-    # With a DVC remote the data goes there at once: a stage task on another machine pulls it.
-    track_data = project_command("track_data", f"{DVC} add data\n" + with_remote(
-        f"{DVC} push data.dvc", "no default DVC remote: data stays in this workspace"))
+    # With a DVC remote the data goes there at once: a stage task on another machine pulls it
+    # (in a run whose tasks share one workspace, the push task sends it with the rest).
+    track_data = project_command("track_data", f"{DVC} add data\n" + unless_one_workspace(
+        with_remote(f"{DVC} push data.dvc", "no default DVC remote: data stays in this workspace"),
+        "one workspace: data goes to the DVC remote in the push task"))
     fetch >> track_data
 
     stage_tasks = {}

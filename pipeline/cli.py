@@ -159,19 +159,17 @@ def run(params: Path = PARAMS_OPTION) -> None:
 @app.command()
 def stage(name: str = typer.Argument(..., help="a stage of dvc.yaml")) -> None:
     """Run one DVC stage alone (what each retrain-DAG task does): with a default DVC remote, pull
-    its inputs, `dvc repro --single-item NAME`, push its outputs; without one, just the repro."""
-    import subprocess
-
-    from pipeline.orchestration.stage_runner import run_stage
+    its inputs, `dvc repro --single-item NAME`, push its outputs; without one, or with
+    MMGUARD_ONE_WORKSPACE=1 (`mmguard run`), just the repro."""
+    from pipeline.orchestration.stage_runner import DvcFailed, run_stage
 
     try:
         run_stage(name)
     except ValueError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
-    except subprocess.CalledProcessError as exc:
-        typer.secho(f"stage {name} failed: {' '.join(exc.cmd[2:])} exited {exc.returncode}",
-                    fg="red", err=True)
+    except DvcFailed as exc:
+        typer.secho(f"stage {name} failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.orchestration.stage_runner import dvc_env
+from pipeline.orchestration.stage_runner import ONE_WORKSPACE, dvc_env
 
 PACKAGE_DAGS = Path(__file__).resolve().parents[2] / "dags"
 RETRAIN = "mmguard_retrain"
@@ -33,6 +33,9 @@ def airflow_env(root: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder(root)),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "MMGUARD_PROJECT_DIR": str(root),
+        # dag.test() runs every task here, in this workspace: no per-stage pull and push
+        # (pipeline/orchestration/stage_runner.py); the DAG's push task still pushes it all.
+        ONE_WORKSPACE: "1",
         "PYTHONUNBUFFERED": "1",
     })
     return env
