@@ -13,7 +13,7 @@ from torch import nn
 from pipeline import taxonomy
 from pipeline.model import feature_cache
 from pipeline.model.heads import build_head
-from pipeline.model.lora import configure_finetuning
+from pipeline.model.finetune import configure_finetuning
 from pipeline.model.packaged import PACKAGED_MODELS
 from pipeline.model.towers import check_tower_source, create_towers
 from pipeline.params import ModelParams, Params

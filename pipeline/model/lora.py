@@ -1,4 +1,4 @@
-"""LoRA adapters (peft) on the attention of both CLIP towers, and the three fine-tune modes.
+"""LoRA adapters (peft) on the attention / projection layers of the towers (finetune: lora).
 
 open_clip's attention is `nn.MultiheadAttention`, whose forward never calls `out_proj.forward`
 and reads `in_proj_weight` directly, so peft wraps the whole MHA module (in_proj and out_proj).
@@ -22,8 +22,6 @@ from peft.tuners.lora.layer import MultiheadAttention as PeftLoraMultiheadAttent
 from torch import nn
 
 from pipeline.params import LoraParams
-
-FINETUNE_MODES = ("lora", "full", "frozen")
 
 
 class ExactLoraMultiheadAttention(PeftLoraMultiheadAttention):
@@ -92,23 +90,3 @@ def apply_lora(clip: nn.Module, lora: LoraParams) -> list[str]:
 
 def is_lora_parameter(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name
-
-
-def configure_finetuning(clip: nn.Module, finetune: str, lora: LoraParams,
-                         always_train: tuple[str, ...] = ()) -> None:
-    """lora: adapters train, towers frozen; full: all tower weights train; frozen: none do.
-
-    `always_train` names modules that train in every mode: the projections a packaged config
-    adds on top of its pretrained trunks start random, and frozen random weights would only
-    scramble the trunks' features.
-    """
-    if finetune not in FINETUNE_MODES:
-        raise ValueError(f"model.finetune {finetune!r}; allowed: {', '.join(FINETUNE_MODES)}")
-    if finetune == "lora":
-        apply_lora(clip, lora)
-    else:
-        for parameter in clip.parameters():
-            parameter.requires_grad_(finetune == "full")
-    for name in always_train:
-        for parameter in clip.get_submodule(name).parameters():
-            parameter.requires_grad_(True)
