@@ -94,6 +94,10 @@ def run(params: Params, paths: Paths) -> dict:
 
     # The previous run's entries (the output persists): only new items run through the towers.
     previous = model.attach_cache(out)
+    # Channels-last weights let oneDNN run the image trunk's (mostly depthwise) convolutions
+    # about 1.6x faster on a 2-core CPU; features differ by float rounding only, and the cache
+    # keys (the input pixels) and the trunk's fingerprint do not change.
+    model.trunk("image").to(memory_format=torch.channels_last)
     with torch.no_grad():
         shard_items = _embed_shards(model, paths, params.task)
         manifest_items, unreadable = _embed_manifest(

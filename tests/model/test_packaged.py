@@ -178,6 +178,30 @@ def test_real_meme_text_quirks_tokenize_and_embed_apart(frozen):
     assert max(similarities) < 0.99  # censored, emoji and hashtag captions stay distinct
 
 
+def test_a_caption_gets_the_same_features_whatever_its_batch_pads_to(frozen):
+    """The text trunk drops columns that are padding in every row; a short caption alone, or
+    beside the caption that fills the context, gets the features of a full-length run."""
+    tokens = frozen.tokenize(QUIRKY[:2] + QUIRKY[-1:])
+    text = frozen.clip.text
+    with torch.no_grad():
+        alone = frozen.features("text", tokens[:2])
+        beside_long = frozen.features("text", tokens)[:2]
+        mask = (tokens != text.config.pad_token_id).long()
+        full = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)[:2]
+    assert torch.allclose(alone, full, atol=1e-5) and torch.allclose(beside_long, full, atol=1e-5)
+
+
+def test_channels_last_image_trunk_keeps_features_and_fingerprint(photos):
+    """The embed stage runs the image trunk channels-last (faster on CPU): same cache
+    fingerprint, features equal up to float rounding."""
+    model = packaged().eval()
+    before = model.tower_fingerprints()
+    plain = features(model, photos, QUIRKY[:1])[0]
+    model.trunk("image").to(memory_format=torch.channels_last)
+    assert model.tower_fingerprints() == before
+    assert np.allclose(features(model, photos, QUIRKY[:1])[0], plain, atol=1e-4)
+
+
 # ---------------------------------------------------------------- fine-tune modes
 
 def _one_step(model, photos):
