@@ -3,6 +3,7 @@ pull and push happen for a worker of its own and are skipped in a one-workspace 
 failing stage command fails the task with the DVC command that failed."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,9 @@ def project(tmp_path):
     copy = f"{sys.executable} -c \"import shutil; shutil.copy('in.txt', 'out.txt')\""
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
         "copy": {"cmd": copy, "deps": ["in.txt"], "outs": ["out.txt"]},
+        "upper": {"cmd": f"{sys.executable} -c \"from pathlib import Path; "
+                          f"Path('upper.txt').write_text(Path('out.txt').read_text().upper())\"",
+                  "deps": ["out.txt"], "outs": ["upper.txt"]},
         "broken": {"cmd": f"{sys.executable} -c \"raise SystemExit(3)\"", "deps": ["in.txt"],
                    "outs": ["never.txt"]}}}))
     return root
@@ -54,6 +58,23 @@ def test_a_worker_of_its_own_pushes_the_stage_outputs(project):
     log = done.stdout
     assert "$ dvc --wait-for-lock repro --single-item copy" in log
     assert "$ dvc --wait-for-lock push copy" in log
+
+
+def test_a_second_workspace_pulls_what_the_first_pushed(project, tmp_path):
+    """Two checkouts sharing only the remote (two workers): the second pulls the first stage's
+    output, runs the next stage and pushes it, all in one `mmguard stage` process."""
+    assert stage(project, "copy", one_workspace=False).returncode == 0
+    second = tmp_path / "second"
+    second.mkdir()
+    for name in ("dvc.yaml", "dvc.lock", "in.txt"):
+        shutil.copy2(project / name, second / name)
+    shutil.copytree(project / ".dvc", second / ".dvc", ignore=shutil.ignore_patterns("cache",
+                                                                                      "tmp"))
+    done = stage(second, "upper", one_workspace=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "$ dvc --wait-for-lock pull out.txt" in done.stdout
+    assert (second / "upper.txt").read_text() == "ONE\n"
+    assert sorted(p.read_text() for p in _files(project.parent / "remote")) == ["ONE\n", "one\n"]
 
 
 def test_a_one_workspace_run_neither_pulls_nor_pushes(project):
