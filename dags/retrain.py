@@ -3,7 +3,8 @@
 The stage tasks and their edges are dvc.yaml's stage graph, read when the DAG is parsed
 (pipeline/orchestration/dvc_graph.py): adding a stage to dvc.yaml adds a task. Each runs only its
 own stage (`mmguard stage NAME`: `dvc repro --single-item NAME`, with pull/push around it when a
-DVC remote is configured, unless every task shares one workspace as in `mmguard run`), with its own retries and timeout from params.yaml's `airflow` section.
+DVC remote is configured, unless every task shares one workspace as in `mmguard run`), with its
+own retries and timeout from params.yaml's `airflow` section.
 GPU stages run in pool `gpu` and on queue `gpu`.
 
 The gate is a branch: a challenger it refuses ends the run green on `keep_champion`, the champion

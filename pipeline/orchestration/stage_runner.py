@@ -32,7 +32,9 @@ class DvcFailed(RuntimeError):
 def dvc_env() -> dict[str, str]:
     """DVC stages call `mmguard`: the running interpreter's bin folder goes first on PATH."""
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    bin_dir, path = str(Path(sys.executable).parent), env.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:  # once, however many DVC commands this task runs
+        env["PATH"] = f"{bin_dir}{os.pathsep}{path}"
     for key, value in {"DO_NOT_TRACK": "true", "DVC_NO_ANALYTICS": "1",
                        "GX_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}.items():
         env.setdefault(key, value)
