@@ -88,7 +88,7 @@ gpu-wheels: install
 	  --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(GPU_WHEELS)
 
-# The quality bar of the embedded default: trains both tasks and the baselines (~20 min on CPU).
+# The quality bar of the embedded default: trains both tasks and the baselines (~10 min on CPU).
 quality: install
 	$(PY) -m pytest tests/quality -s -p no:cacheprovider --timeout=3600
 
