@@ -57,7 +57,7 @@ def _is_local_store(uri: str) -> bool:
 def missing_sqlite_store(uri: str) -> bool:
     """A SQLite store whose file does not exist yet: readers must not open it, since opening it
     creates an empty store (and registry)."""
-    return uri.startswith(SQLITE_PREFIX) and not Path(uri[len(SQLITE_PREFIX):]).is_file()
+    return _is_local_store(uri) and not Path(uri[len(SQLITE_PREFIX):]).is_file()
 
 
 @contextmanager

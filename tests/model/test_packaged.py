@@ -183,9 +183,16 @@ def test_a_caption_gets_the_same_features_whatever_its_batch_pads_to(frozen):
     beside the caption that fills the context, gets the features of a full-length run."""
     tokens = frozen.tokenize(QUIRKY[:2] + QUIRKY[-1:])
     text = frozen.clip.text
+    lengths = []  # the sequence length the transformer actually ran at
+    hook = text.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+        with_kwargs=True)
     with torch.no_grad():
         alone = frozen.features("text", tokens[:2])
         beside_long = frozen.features("text", tokens)[:2]
+    hook.remove()
+    assert lengths[0] < SPEC.context_length == lengths[1]  # the padding was dropped, not run
+    with torch.no_grad():
         mask = (tokens != text.config.pad_token_id).long()
         full = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)[:2]
     assert torch.allclose(alone, full, atol=1e-5) and torch.allclose(beside_long, full, atol=1e-5)

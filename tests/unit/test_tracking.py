@@ -28,6 +28,17 @@ def test_tracking_uri_env_override_relative_sqlite_and_file_store(tmp_path, monk
         "a.b": "1", "a.c": "[1, 2]", "d": "None"}
 
 
+def test_only_an_absent_sqlite_file_counts_as_a_missing_store(tmp_path):
+    uri = tracking.tracking_uri(parse_params({}), tmp_path)
+    assert tracking.missing_sqlite_store(uri)
+    (tmp_path / "mlflow.db").mkdir()  # a folder by that name is no store either
+    assert tracking.missing_sqlite_store(uri)
+    (tmp_path / "mlflow.db").rmdir()
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    assert not tracking.missing_sqlite_store(uri)
+    assert not tracking.missing_sqlite_store("http://127.0.0.1:5999")
+
+
 def test_dvc_root_wins_over_the_working_copy_for_relative_stores(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "main"))
     uri = tracking.tracking_uri(parse_params({}), tmp_path / "main/.dvc/tmp/exps/tmp123")
